@@ -1,0 +1,65 @@
+"""JSON values: checking what a caller hands in, and copying what a store hands out.
+
+Job data, return values, progress and event data must be JSON: ``None``, ``bool``, ``int``,
+finite ``float``, ``str``, lists (tuples are accepted and become lists) and dicts with ``str``
+keys. Anything else is refused at the API edge with a :class:`SerializationError` naming the
+argument and the path to the bad value, so every store can hold it and it reads back equal.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._errors import SerializationError
+
+__all__ = ["JsonValue", "check_json", "copy_json"]
+
+JsonValue = Any
+"""A value JSON can hold (see the module docstring); typed ``Any`` for callers' convenience."""
+
+_MAX_DEPTH = 200
+
+
+def check_json(value: object, argument: str) -> JsonValue:
+    """Return a deep copy of ``value`` if JSON can hold it exactly, else raise.
+
+    Tuples become lists. The copy shares nothing mutable with ``value``.
+    """
+    return _checked(value, argument, 0)
+
+
+def _checked(value: object, path: str, depth: int) -> JsonValue:
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SerializationError(path, f"JSON cannot hold the float {value!r}")
+        return float(value)
+    if depth >= _MAX_DEPTH:
+        raise SerializationError(path, f"nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SerializationError(
+                    path, f"JSON object keys must be str, got {type(key).__name__} key {key!r}"
+                )
+            out[key] = _checked(item, f"{path}.{key}", depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [_checked(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+    raise SerializationError(
+        path, f"JSON cannot hold a value of type {type(value).__name__}: {value!r:.80}"
+    )
+
+
+def copy_json(value: JsonValue) -> JsonValue:
+    """Deep-copy a value already known to be JSON (fast path for stores handing out copies)."""
+    if isinstance(value, dict):
+        return {k: copy_json(v) if isinstance(v, dict | list) else v for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_json(v) if isinstance(v, dict | list) else v for v in value]
+    return value

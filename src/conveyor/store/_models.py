@@ -1,0 +1,654 @@
+"""The job schema: attrs models shared by the core and every store.
+
+Value objects (options, backoff, limits, events, outcomes) are frozen and validate at
+construction, so bad input fails where it is written. :class:`JobData`, the job record, is
+mutable: stores build and change it, and hand out copies (:meth:`JobData.copy`).
+
+The serialized form of every model is defined by one cattrs converter, in ``_serializer.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import re
+import zoneinfo
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+
+import attrs
+from croniter import croniter
+
+from ._durations import (
+    optional_seconds_converter,
+    optional_utc_converter,
+    parse_duration,
+    seconds_converter,
+)
+from ._errors import ArgumentTypeError, InvalidArgumentError
+from ._json import JsonValue, copy_json
+
+__all__ = [
+    "ALL_JOB_NAMES",
+    "AttemptRecord",
+    "Backoff",
+    "BackoffType",
+    "ChildFailurePolicy",
+    "Deduplication",
+    "EventType",
+    "FetchOptions",
+    "Group",
+    "JobData",
+    "JobOptions",
+    "JobOutcome",
+    "JobState",
+    "Limiter",
+    "LockStatus",
+    "OutcomeKind",
+    "Repeat",
+    "StoreEvent",
+    "TERMINAL_STATES",
+]
+
+ALL_JOB_NAMES: Final = "__all__"
+"""The name :meth:`Store.pause_job_name` takes to pause a whole queue. No job may be named so."""
+
+MAX_NAME_LENGTH: Final = 1024
+PRIORITY_MIN: Final = -(2**31)
+PRIORITY_MAX: Final = 2**31 - 1
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life. Values are the wire form."""
+
+    WAITING = "waiting"
+    WAITING_CHILDREN = "waiting-children"
+    DELAYED = "delayed"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @classmethod
+    def parse(cls, value: object, argument: str = "state") -> JobState:
+        """Return the state named by ``value`` (a ``JobState`` or its string), or raise."""
+        if isinstance(value, JobState):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+            known = ", ".join(s.value for s in cls)
+            raise InvalidArgumentError(argument, f"unknown job state {value!r} (known: {known})")
+        raise ArgumentTypeError(argument, f"expected a JobState or str, got {type(value).__name__}")
+
+
+TERMINAL_STATES: Final = frozenset({JobState.COMPLETED, JobState.FAILED})
+
+
+class ChildFailurePolicy(enum.StrEnum):
+    """What a child's final failure does to its parent (``fail_parent_on_child_failure``).
+
+    * ``fail``: the parent fails at once (and, by its own policy, its parent).
+    * ``ignore``: the failure counts as the child being done; the parent goes on.
+    * ``remove``: the child is detached from the parent, which goes on without it.
+    """
+
+    FAIL = "fail"
+    IGNORE = "ignore"
+    REMOVE = "remove"
+
+
+class BackoffType(enum.StrEnum):
+    FIXED = "fixed"
+    EXPONENTIAL = "exponential"
+    CUSTOM = "custom"
+
+
+class EventType(enum.StrEnum):
+    """The events stores publish. A job event is named after the state the job entered."""
+
+    WAITING = "waiting"
+    WAITING_CHILDREN = "waiting-children"
+    DELAYED = "delayed"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PROGRESS = "progress"
+    STALLED = "stalled"
+    REMOVED = "removed"
+    CANCEL_REQUESTED = "cancel-requested"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    DRAINED = "drained"
+    CLEANED = "cleaned"
+    OBLITERATED = "obliterated"
+
+
+class OutcomeKind(enum.StrEnum):
+    """How a worker ends one run of a job (see :class:`JobOutcome`)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RETRY = "retry"
+    DELAY = "delay"
+
+
+class LockStatus(enum.StrEnum):
+    """What :meth:`Store.extend_locks` found for one job."""
+
+    EXTENDED = "extended"
+    CANCEL_REQUESTED = "cancel-requested"
+    """Extended, but the job was cancelled: its worker must stop it and record the failure."""
+    LOST = "lost"
+    """The caller no longer holds the lock (expired and recovered, finished, removed)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# validators
+
+
+def _name(argument: str, value: object, *, allow_all: bool = True) -> str:
+    if not isinstance(value, str):
+        raise ArgumentTypeError(argument, f"expected str, got {type(value).__name__}")
+    if not value:
+        raise InvalidArgumentError(argument, "must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidArgumentError(argument, f"longer than {MAX_NAME_LENGTH} characters")
+    if "\x00" in value:
+        raise InvalidArgumentError(argument, "must not contain NUL characters")
+    if not allow_all and value == ALL_JOB_NAMES:
+        raise InvalidArgumentError(argument, f"{ALL_JOB_NAMES!r} is reserved")
+    return value
+
+
+def check_name(value: object, argument: str) -> str:
+    """Validate a queue name, job name, id or group id: a non-empty ``str`` without NUL."""
+    return _name(argument, value)
+
+
+def check_job_name(value: object, argument: str = "name") -> str:
+    """Validate a job name (also refusing the reserved ``"__all__"``)."""
+    return _name(argument, value, allow_all=False)
+
+
+def check_int(
+    value: object, argument: str, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """Validate an ``int`` (not ``bool``) within bounds."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentTypeError(argument, f"expected int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise InvalidArgumentError(argument, f"must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise InvalidArgumentError(argument, f"must be at most {maximum}, got {value}")
+    return value
+
+
+def _v_name(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    _name(attr.name, value)
+
+
+def _v_optional_name(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _name(attr.name, value)
+
+
+def _v_bool(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(attr.name, f"expected bool, got {type(value).__name__}")
+
+
+def _v_int(minimum: int | None = None, maximum: int | None = None) -> Any:
+    def validate(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+        check_int(value, attr.name, minimum=minimum, maximum=maximum)
+
+    return validate
+
+
+def _v_optional_int(minimum: int | None = None) -> Any:
+    def validate(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            check_int(value, attr.name, minimum=minimum)
+
+    return validate
+
+
+def _v_fraction(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ArgumentTypeError(attr.name, f"expected a number, got {type(value).__name__}")
+    if not 0.0 <= value <= 1.0:
+        raise InvalidArgumentError(attr.name, f"must be between 0 and 1, got {value}")
+
+
+def _v_keep(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool):
+        return
+    if not isinstance(value, int):
+        raise ArgumentTypeError(
+            attr.name, f"expected bool or a count of jobs to keep, got {type(value).__name__}"
+        )
+    if value < 0:
+        raise InvalidArgumentError(attr.name, f"the count of jobs to keep must be >= 0, got {value}")
+
+
+def _enum_converter(enum_type: type[enum.StrEnum], argument: str) -> Any:
+    def convert(value: object) -> Any:
+        if isinstance(value, enum_type):
+            return value
+        if isinstance(value, str):
+            try:
+                return enum_type(value)
+            except ValueError:
+                pass
+            known = ", ".join(repr(m.value) for m in enum_type)
+            raise InvalidArgumentError(argument, f"unknown value {value!r} (known: {known})")
+        raise ArgumentTypeError(argument, f"expected str, got {type(value).__name__}")
+
+    return convert
+
+
+def _instance_of(kind: type, argument: str) -> Any:
+    def validate(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
+        if value is not None and not isinstance(value, kind):
+            raise ArgumentTypeError(
+                argument, f"expected {kind.__name__}, got {type(value).__name__}"
+            )
+
+    return validate
+
+
+# ---------------------------------------------------------------------------------------------
+# options
+
+
+@attrs.frozen
+class Backoff:
+    """How long to wait before retrying a failed attempt.
+
+    Build one with a named constructor::
+
+        Backoff.fixed("5s")                          # 5 s before every retry
+        Backoff.exponential(1.0, max_delay="1m")     # 1 s, 2 s, 4 s, ... capped at 60 s
+        Backoff.custom("myapp.retry:delay_for")      # a function (attempts_made, error) -> seconds
+
+    ``jitter`` (0..1) takes a random fraction of up to that share off each delay, so that many
+    jobs failing together do not retry together.
+    """
+
+    type: BackoffType = attrs.field(converter=_enum_converter(BackoffType, "backoff.type"))
+    delay: float = attrs.field(default=0.0, converter=seconds_converter("backoff.delay"))
+    jitter: float = attrs.field(default=0.0, validator=_v_fraction)
+    max_delay: float | None = attrs.field(
+        default=None, converter=optional_seconds_converter("backoff.max_delay", allow_zero=False)
+    )
+    strategy: str | None = attrs.field(default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.type is BackoffType.CUSTOM:
+            if not isinstance(self.strategy, str) or not re.fullmatch(
+                r"[\w.]+:[\w.]+", self.strategy
+            ):
+                raise InvalidArgumentError(
+                    "backoff.strategy",
+                    "a custom backoff needs the import path of its function, 'module:function'",
+                )
+        elif self.strategy is not None:
+            raise InvalidArgumentError("backoff.strategy", "only a custom backoff has a strategy")
+
+    @classmethod
+    def fixed(cls, delay: float | str | Any, *, jitter: float = 0.0) -> Backoff:
+        """The same delay before every retry."""
+        return cls(BackoffType.FIXED, delay, jitter=jitter)
+
+    @classmethod
+    def exponential(
+        cls, delay: float | str | Any, *, jitter: float = 0.0, max_delay: Any = None
+    ) -> Backoff:
+        """``delay * 2 ** (attempts_made - 1)``: doubling after each failed attempt."""
+        return cls(BackoffType.EXPONENTIAL, delay, jitter=jitter, max_delay=max_delay)
+
+    @classmethod
+    def custom(cls, strategy: str | Any, *, jitter: float = 0.0, max_delay: Any = None) -> Backoff:
+        """A function of yours computes the delay.
+
+        :param strategy: the function, or its import path ``"package.module:function"``. It is
+            stored by import path, so it must be importable by the worker.
+        """
+        if callable(strategy):
+            module = getattr(strategy, "__module__", None)
+            qualname = getattr(strategy, "__qualname__", "")
+            if not module or "<" in qualname:
+                raise InvalidArgumentError(
+                    "backoff.strategy",
+                    "a custom backoff function must be importable (a module-level function)",
+                )
+            strategy = f"{module}:{qualname}"
+        return cls(BackoffType.CUSTOM, 0.0, jitter=jitter, max_delay=max_delay, strategy=strategy)
+
+    def delay_for(self, attempts_made: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after ``attempts_made`` failed attempts (fixed and exponential only)."""
+        if self.type is BackoffType.FIXED:
+            base = self.delay
+        elif self.type is BackoffType.EXPONENTIAL:
+            base = self.delay * 2.0 ** max(attempts_made - 1, 0)
+        else:
+            raise InvalidArgumentError(
+                "backoff", "a custom backoff computes its delay through its strategy"
+            )
+        return self.finish(base, rng)
+
+    def finish(self, base: float, rng: random.Random | None = None) -> float:
+        """Apply ``max_delay`` and ``jitter`` to a computed delay."""
+        if self.max_delay is not None:
+            base = min(base, self.max_delay)
+        if self.jitter:
+            base -= base * self.jitter * (rng or random).random()
+        return max(base, 0.0)
+
+
+@attrs.frozen
+class Repeat:
+    """Run a job repeatedly: on a cron schedule or every fixed interval.
+
+    :param cron: a cron expression (5 fields, or 6 with seconds), read by ``croniter``.
+    :param every: an interval (a duration) between runs.
+    :param limit: stop after this many runs.
+    :param start: no run before this time; :param end: no run after it.
+    :param tz: the IANA time zone the cron expression is read in (default UTC).
+    """
+
+    cron: str | None = attrs.field(default=None)
+    every: float | None = attrs.field(
+        default=None, converter=optional_seconds_converter("repeat.every", allow_zero=False)
+    )
+    limit: int | None = attrs.field(default=None, validator=_v_optional_int(minimum=1))
+    start: datetime | None = attrs.field(
+        default=None, converter=optional_utc_converter("repeat.start")
+    )
+    end: datetime | None = attrs.field(default=None, converter=optional_utc_converter("repeat.end"))
+    tz: str | None = attrs.field(default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.cron is None) == (self.every is None):
+            raise InvalidArgumentError("repeat", "give exactly one of cron= or every=")
+        if self.cron is not None:
+            if not isinstance(self.cron, str):
+                raise ArgumentTypeError("repeat.cron", f"expected str, got {type(self.cron).__name__}")
+            if not croniter.is_valid(self.cron):
+                raise InvalidArgumentError("repeat.cron", f"not a valid cron expression: {self.cron!r}")
+        if self.tz is not None:
+            if not isinstance(self.tz, str):
+                raise ArgumentTypeError("repeat.tz", f"expected str, got {type(self.tz).__name__}")
+            try:
+                zoneinfo.ZoneInfo(self.tz)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+                raise InvalidArgumentError("repeat.tz", f"unknown time zone {self.tz!r}") from exc
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise InvalidArgumentError("repeat.end", "must be later than repeat.start")
+
+
+@attrs.frozen
+class Deduplication:
+    """Add a job only if no job holding the same key exists.
+
+    :param key: the key; ``None`` derives it from the job's name and data.
+    :param ttl: with a ttl, the key is held for that long from the job's creation, whatever
+        the job's state (throttling); without, it is held until the job completes or fails.
+    :param hash: store a SHA-256 of the key instead of the key itself (long keys).
+    """
+
+    key: str | None = attrs.field(default=None, validator=_v_optional_name)
+    ttl: float | None = attrs.field(
+        default=None, converter=optional_seconds_converter("deduplication.ttl", allow_zero=False)
+    )
+    hash: bool = attrs.field(default=False, validator=_v_bool)
+
+
+@attrs.frozen
+class Group:
+    """Put a job in a group. Groups are served round-robin; see :class:`FetchOptions`.
+
+    :param id: the group's id (a tenant, a customer, ...).
+    :param max_size: refuse the job (``GroupFullError``) when the group already holds this many
+        waiting jobs.
+    """
+
+    id: str = attrs.field(validator=_v_name)
+    max_size: int | None = attrs.field(default=None, validator=_v_optional_int(minimum=1))
+
+
+@attrs.frozen
+class Limiter:
+    """At most ``max`` jobs started per ``duration``, counted across every worker of the queue."""
+
+    max: int = attrs.field(validator=_v_int(minimum=1))
+    duration: float = attrs.field(converter=seconds_converter("limiter.duration", allow_zero=False))
+
+
+@attrs.frozen(kw_only=True)
+class JobOptions:
+    """The options a job is added with (the keyword arguments of ``Queue.add``)."""
+
+    priority: int = attrs.field(default=0, validator=_v_int(PRIORITY_MIN, PRIORITY_MAX))
+    """Lower runs first."""
+    delay: float = attrs.field(default=0.0, converter=seconds_converter("delay"))
+    attempts: int = attrs.field(default=1, validator=_v_int(minimum=1))
+    backoff: Backoff | None = attrs.field(default=None, validator=_instance_of(Backoff, "backoff"))
+    lifo: bool = attrs.field(default=False, validator=_v_bool)
+    job_id: str | None = attrs.field(default=None, validator=_v_optional_name)
+    deduplication: Deduplication | None = attrs.field(
+        default=None, validator=_instance_of(Deduplication, "deduplication")
+    )
+    remove_on_complete: bool | int = attrs.field(default=False, validator=_v_keep)
+    """``True`` removes the job when it completes; a count keeps only the newest N completed."""
+    remove_on_fail: bool | int = attrs.field(default=False, validator=_v_keep)
+    timeout: float | None = attrs.field(
+        default=None, converter=optional_seconds_converter("timeout", allow_zero=False)
+    )
+    repeat: Repeat | None = attrs.field(default=None, validator=_instance_of(Repeat, "repeat"))
+    group: Group | None = attrs.field(default=None, validator=_instance_of(Group, "group"))
+    fail_parent_on_child_failure: ChildFailurePolicy = attrs.field(
+        default=ChildFailurePolicy.FAIL,
+        converter=_enum_converter(ChildFailurePolicy, "fail_parent_on_child_failure"),
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.repeat is not None and self.deduplication is not None:
+            raise InvalidArgumentError(
+                "deduplication", "a repeating job is already created once per run; drop one"
+            )
+
+
+@attrs.frozen
+class AttemptRecord:
+    """One finished run of a job, kept in :attr:`JobData.attempt_logs`."""
+
+    attempt: int
+    worker_id: str | None
+    started_at: datetime | None
+    finished_at: datetime
+    outcome: str
+    """``completed``, ``failed``, ``retry``, ``delay``, ``stalled`` or ``released``."""
+    error: str | None = None
+
+
+@attrs.define(eq=True)
+class JobData:
+    """The stored record of one job.
+
+    ``id``, ``queue_name``, ``name``, ``data`` and ``opts`` are set by whoever adds the job;
+    everything else belongs to the store, which sets ``created_at`` (by its own clock),
+    ``delay_until`` (from ``opts.delay``) and the initial ``state`` when it saves the job.
+    """
+
+    id: str
+    queue_name: str
+    name: str
+    data: JsonValue = None
+    opts: JobOptions = attrs.field(factory=JobOptions)
+    state: JobState = JobState.WAITING
+    progress: JsonValue = 0
+    returnvalue: JsonValue = None
+    failed_reason: str | None = None
+    stacktrace: list[str] = attrs.field(factory=list)
+    attempts_made: int = 0
+    stalled_count: int = 0
+    created_at: datetime | None = None
+    processed_at: datetime | None = None
+    completed_at: datetime | None = None
+    failed_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    delay_until: datetime | None = None
+    lock_until: datetime | None = None
+    locked_by: str | None = None
+    lock_token: str | None = None
+    """The fencing token of the current claim: outcome writes and lock extensions must show it."""
+    logs: list[str] = attrs.field(factory=list)
+    attempt_logs: list[AttemptRecord] = attrs.field(factory=list)
+    discarded: bool = False
+    parent_id: str | None = None
+    parent_queue_name: str | None = None
+    pending_children: int = 0
+    children_values: dict[str, JsonValue] = attrs.field(factory=dict)
+    """Return values of completed children, keyed ``"<queue_name>:<job_id>"``."""
+    deduplication_key: str | None = None
+    deduplication_until: datetime | None = None
+
+    @property
+    def group_id(self) -> str | None:
+        """The id of the job's group, if it has one."""
+        group = self.opts.group
+        return None if group is None else group.id
+
+    @property
+    def priority(self) -> int:
+        return self.opts.priority
+
+    def copy(self) -> JobData:
+        """A deep copy that shares nothing mutable with this record."""
+        new = object.__new__(JobData)
+        for name in _PLAIN_FIELDS:
+            object.__setattr__(new, name, getattr(self, name))
+        new.data = copy_json(self.data)
+        new.progress = copy_json(self.progress)
+        new.returnvalue = copy_json(self.returnvalue)
+        new.stacktrace = list(self.stacktrace)
+        new.logs = list(self.logs)
+        new.attempt_logs = list(self.attempt_logs)
+        new.children_values = copy_json(self.children_values)
+        return new
+
+
+_DEEP_FIELDS = frozenset(
+    {"data", "progress", "returnvalue", "stacktrace", "logs", "attempt_logs", "children_values"}
+)
+_PLAIN_FIELDS = tuple(f.name for f in attrs.fields(JobData) if f.name not in _DEEP_FIELDS)
+
+JOB_FIELDS: Final = frozenset(f.name for f in attrs.fields(JobData))
+READONLY_JOB_FIELDS: Final = frozenset({"id", "queue_name", "created_at"})
+
+
+@attrs.frozen(kw_only=True)
+class FetchOptions:
+    """What a claim may take. Every rule holds across all workers of the queue.
+
+    Claim order: each group is a lane and so are the jobs without a group; the lane served
+    least recently goes first (ties: the lane id, the group-less lane first). Within a lane the
+    job with the lowest ``priority`` goes first, then the oldest (FIFO), or the newest when
+    ``lifo`` is set. A job added with ``opts.lifo`` goes before the lane's other jobs of its
+    priority.
+    """
+
+    lifo: bool = attrs.field(default=False, validator=_v_bool)
+    job_name: str | None = attrs.field(default=None, validator=_v_optional_name)
+    """Only claim jobs of this name."""
+    group_concurrency: int | None = attrs.field(default=None, validator=_v_optional_int(1))
+    """At most this many active jobs per group."""
+    group_limiter: Limiter | None = attrs.field(
+        default=None, validator=_instance_of(Limiter, "group_limiter")
+    )
+    """At most ``max`` claims per group per ``duration``."""
+    exclude_groups: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    max_global_concurrency: int | None = attrs.field(default=None, validator=_v_optional_int(1))
+    """At most this many active jobs in the queue."""
+    limiter: Limiter | None = attrs.field(default=None, validator=_instance_of(Limiter, "limiter"))
+    """At most ``max`` claims in the queue per ``duration``."""
+
+
+@attrs.frozen
+class StoreEvent:
+    """Something that happened in a store.
+
+    A job event is named after the state the job entered (``waiting``, ``active``, ...) and its
+    ``data`` holds ``prev`` (the state it left, if any) and what the change produced
+    (``returnvalue``, ``failed_reason``, ``progress``, ``delay_until``).
+    """
+
+    type: str = attrs.field(validator=_v_name)
+    queue_name: str = attrs.field(validator=_v_name)
+    job_id: str | None = None
+    data: Mapping[str, JsonValue] = attrs.field(factory=dict)
+    timestamp: datetime | None = attrs.field(
+        default=None, converter=optional_utc_converter("timestamp")
+    )
+
+
+@attrs.frozen
+class JobOutcome:
+    """The end of one run of a claimed job, written by :meth:`Store.finish_jobs`.
+
+    Build one with a named constructor from the claimed :class:`JobData` (which carries the
+    fencing token)::
+
+        JobOutcome.completed(job, returnvalue)
+        JobOutcome.failed(job, "boom", stacktrace=tb)         # final failure
+        JobOutcome.retry(job, "boom", delay=2.0)               # failed attempt, run again later
+        JobOutcome.delay_job(job, delay=60)                    # move to delayed, no attempt used
+    """
+
+    kind: OutcomeKind
+    queue_name: str
+    job_id: str
+    lock_token: str
+    returnvalue: JsonValue = None
+    failed_reason: str | None = None
+    stacktrace: str | None = None
+    delay: float = 0.0
+    cancelled: bool = False
+
+    @staticmethod
+    def _token(job: JobData) -> str:
+        if job.lock_token is None:
+            raise InvalidArgumentError("job", f"job {job.id!r} is not a claimed job (no lock token)")
+        return job.lock_token
+
+    @classmethod
+    def completed(cls, job: JobData, returnvalue: JsonValue = None) -> JobOutcome:
+        return cls(OutcomeKind.COMPLETED, job.queue_name, job.id, cls._token(job), returnvalue)
+
+    @classmethod
+    def failed(
+        cls, job: JobData, reason: str, *, stacktrace: str | None = None, cancelled: bool = False
+    ) -> JobOutcome:
+        return cls(
+            OutcomeKind.FAILED, job.queue_name, job.id, cls._token(job),
+            failed_reason=reason, stacktrace=stacktrace, cancelled=cancelled,
+        )  # fmt: skip
+
+    @classmethod
+    def retry(
+        cls, job: JobData, reason: str, *, delay: Any = 0.0, stacktrace: str | None = None
+    ) -> JobOutcome:
+        return cls(
+            OutcomeKind.RETRY, job.queue_name, job.id, cls._token(job),
+            failed_reason=reason, stacktrace=stacktrace, delay=parse_duration(delay, "delay"),
+        )  # fmt: skip
+
+    @classmethod
+    def delay_job(cls, job: JobData, delay: Any) -> JobOutcome:
+        return cls(
+            OutcomeKind.DELAY, job.queue_name, job.id, cls._token(job),
+            delay=parse_duration(delay, "delay"),
+        )  # fmt: skip

@@ -1,0 +1,148 @@
+"""The one converter that defines conveyor's serialized job schema.
+
+Stores persist exactly what :func:`unstructure` returns (JSON text for SQL stores), and read it
+back with :func:`structure`. The wire form:
+
+* datetimes: ISO 8601 strings in UTC with an explicit offset, ``"2026-11-24T19:04:00.123456+00:00"``;
+  reading accepts any offset and converts to UTC, and refuses naive timestamps;
+* durations: float seconds;
+* enums (``JobState``, ``BackoffType``, ...): their string value;
+* attrs models: JSON objects keyed by attribute name; attributes equal to their default are
+  left out, and a missing attribute reads as its default (so adding an optional field with a
+  default is not a breaking change);
+* an attribute the schema does not know is an error (:class:`SerializationError`), so a record
+  written by a newer conveyor is never half-read and written back without its new fields;
+* primitives are checked strictly: ``"5"`` is not an ``int``, ``1`` is not a ``bool``.
+
+Every failure reads as a :class:`SerializationError` whose ``argument`` is the path of the bad
+value, e.g. ``$.opts.attempts``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping, Set
+from datetime import datetime
+from typing import Any, TypeVar
+
+import cattrs
+from cattrs.v import format_exception
+
+from ._durations import to_utc
+from ._errors import ConveyorError, SerializationError
+
+__all__ = [
+    "configure_converter",
+    "converter",
+    "from_json",
+    "make_converter",
+    "structure",
+    "to_json",
+    "unstructure",
+]
+
+T = TypeVar("T")
+
+
+def _strict(kind: type, *, exclude_bool: bool = True, also: tuple[type, ...] = ()) -> Any:
+    accepted = (kind, *also)
+
+    def hook(value: Any, _type: Any) -> Any:
+        if (exclude_bool and isinstance(value, bool)) or not isinstance(value, accepted):
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r:.60}")
+        return kind(value) if kind is float else value
+
+    return hook
+
+
+def _structure_bool(value: Any, _type: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected bool, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _structure_bool_or_int(value: Any, _type: Any) -> bool | int:
+    if not isinstance(value, bool | int):
+        raise TypeError(f"expected bool or int, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _structure_datetime(value: Any, _type: Any) -> datetime:
+    if isinstance(value, datetime):
+        return to_utc(value, "timestamp")
+    if not isinstance(value, str):
+        raise TypeError(f"expected an ISO 8601 string, got {type(value).__name__}")
+    parsed = datetime.fromisoformat(value)
+    return to_utc(parsed, "timestamp")
+
+
+def configure_converter(conv: cattrs.Converter) -> None:
+    """Install conveyor's hooks on ``conv`` (see the module docstring for the wire form)."""
+    conv.register_unstructure_hook_func(
+        lambda t: isinstance(t, type) and issubclass(t, enum.Enum), lambda e: e.value
+    )
+    conv.register_unstructure_hook(datetime, lambda dt: to_utc(dt, "timestamp").isoformat())
+    conv.register_structure_hook(datetime, _structure_datetime)
+    conv.register_structure_hook(int, _strict(int))
+    conv.register_structure_hook(float, _strict(float, also=(int,)))
+    conv.register_structure_hook(str, _strict(str, exclude_bool=False))
+    conv.register_structure_hook(bool, _structure_bool)
+    conv.register_structure_hook(bool | int, _structure_bool_or_int)
+
+
+def make_converter() -> cattrs.Converter:
+    """A new converter with conveyor's wire form."""
+    conv = cattrs.Converter(
+        omit_if_default=True,
+        forbid_extra_keys=True,
+        unstruct_collection_overrides={Set: sorted},
+    )
+    configure_converter(conv)
+    return conv
+
+
+converter = make_converter()
+"""The converter every store uses. Do not register hooks on it; make your own instead."""
+
+
+def unstructure(obj: object) -> Any:
+    """The serialized (JSON-ready) form of a model."""
+    return converter.unstructure(obj)
+
+
+def structure(data: Any, cls: type[T]) -> T:
+    """Read a model from its serialized form; raise :class:`SerializationError` with the path."""
+    try:
+        return converter.structure(data, cls)
+    except ConveyorError as exc:
+        raise SerializationError("$", str(exc)) from exc
+    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
+        if isinstance(exc, cattrs.BaseValidationError):
+            messages = cattrs.transform_error(exc, path="$", format_exception=_describe)
+            first = messages[0] if messages else str(exc)
+            where, _, what = first.rpartition(" @ ")
+            raise SerializationError(what or "$", where or first) from exc
+        raise SerializationError("$", f"cannot read {cls.__name__}: {exc}") from exc
+
+
+def _describe(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, ConveyorError | TypeError):
+        return str(exc)
+    return format_exception(exc, type_)
+
+
+def to_json(obj: object) -> str:
+    """A model as compact JSON text."""
+    return json.dumps(unstructure(obj), separators=(",", ":"), allow_nan=False)
+
+
+def from_json(text: str | bytes, cls: type[T]) -> T:
+    """Read a model from JSON text written by :func:`to_json`."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise SerializationError("$", f"not JSON: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise SerializationError("$", f"expected a JSON object, got {type(data).__name__}")
+    return structure(data, cls)
