@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import pytest
+from hypothesis import settings
+
+from conveyor.testing import ManualClock, StoreFixture
+from conveyor_stores.memory import MemoryStore
+
+settings.register_profile("default", max_examples=200, deadline=None)
+settings.register_profile("thorough", max_examples=2000, deadline=None)
+settings.register_profile("quick", max_examples=20, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+START = 1_800_000_000.0
+
+
+@asynccontextmanager
+async def memory_fixture() -> AsyncIterator[StoreFixture]:
+    clock = ManualClock(START)
+    async with MemoryStore(clock=clock) as store:
+
+        async def advance(seconds: float) -> None:
+            clock.advance(seconds)
+
+        yield StoreFixture(store, advance)
+
+
+StoreFactoryT = Callable[[], AbstractAsyncContextManager[StoreFixture]]
+
+STORE_FACTORIES: dict[str, StoreFactoryT] = {"memory": memory_fixture}
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=sorted(STORE_FACTORIES))
+def store_factory(request: pytest.FixtureRequest) -> StoreFactoryT:
+    return STORE_FACTORIES[str(request.param)]
