@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 from hypothesis import settings
 
+from conveyor import store_from_url
 from conveyor.testing import ManualClock, StoreFixture
 from conveyor_stores.memory import MemoryStore
 
@@ -29,9 +31,26 @@ async def memory_fixture() -> AsyncIterator[StoreFixture]:
         yield StoreFixture(store, advance)
 
 
+@asynccontextmanager
+async def snapshot_fixture() -> AsyncIterator[StoreFixture]:
+    """The example plugin store (examples/snapshot_store), found through its entry point."""
+    clock = ManualClock(START)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = store_from_url(f"snapshot:///{tmp}/jobs.json", clock=clock)
+        async with store:
+
+            async def advance(seconds: float) -> None:
+                clock.advance(seconds)
+
+            yield StoreFixture(store, advance)
+
+
 StoreFactoryT = Callable[[], AbstractAsyncContextManager[StoreFixture]]
 
-STORE_FACTORIES: dict[str, StoreFactoryT] = {"memory": memory_fixture}
+STORE_FACTORIES: dict[str, StoreFactoryT] = {
+    "memory": memory_fixture,
+    "snapshot": snapshot_fixture,
+}
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -26,9 +26,7 @@ ENTRY_POINT_GROUP = "conveyor.stores"
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
-    return sorted(
-        importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name
-    )
+    return sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
 
 
 def available_stores() -> dict[str, str]:

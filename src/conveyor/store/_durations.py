@@ -15,15 +15,13 @@ normalised to UTC; a naive datetime is refused because its meaning depends on th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytimeparse2
 
 from ._errors import ArgumentTypeError, InvalidArgumentError
 
-__all__ = ["Duration", "parse_duration", "seconds_converter", "to_utc"]
+__all__ = ["Duration", "parse_duration", "to_utc"]
 
 Duration = float | int | timedelta | str
 """What a duration argument accepts: seconds, a ``timedelta`` or a human string."""
@@ -39,7 +37,9 @@ def parse_duration(
     """
     seconds: float
     if isinstance(value, bool):
-        raise ArgumentTypeError(argument, "expected a duration (seconds, timedelta or str), got bool")
+        raise ArgumentTypeError(
+            argument, "expected a duration (seconds, timedelta or str), got bool"
+        )
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, timedelta):
@@ -70,28 +70,6 @@ def parse_duration(
     return seconds
 
 
-def seconds_converter(argument: str, *, allow_zero: bool = True) -> Callable[[Any], float]:
-    """An attrs converter turning any accepted duration into float seconds."""
-
-    def convert(value: Any) -> float:
-        return parse_duration(value, argument, allow_zero=allow_zero)
-
-    return convert
-
-
-def optional_seconds_converter(
-    argument: str, *, allow_zero: bool = True
-) -> Callable[[Any], float | None]:
-    """Like :func:`seconds_converter`, letting ``None`` through."""
-
-    def convert(value: Any) -> float | None:
-        if value is None:
-            return None
-        return parse_duration(value, argument, allow_zero=allow_zero)
-
-    return convert
-
-
 def to_utc(value: object, argument: str) -> datetime:
     """Return an aware ``datetime`` in UTC, refusing naive ones and other types."""
     if not isinstance(value, datetime):
@@ -101,12 +79,3 @@ def to_utc(value: object, argument: str) -> datetime:
             argument, "must be timezone-aware (a naive datetime means different times on each host)"
         )
     return value.astimezone(UTC)
-
-
-def optional_utc_converter(argument: str) -> Callable[[Any], datetime | None]:
-    """An attrs converter for an optional aware timestamp."""
-
-    def convert(value: Any) -> datetime | None:
-        return None if value is None else to_utc(value, argument)
-
-    return convert

@@ -13,19 +13,14 @@ import enum
 import random
 import re
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import attrs
 from croniter import croniter
 
-from ._durations import (
-    optional_seconds_converter,
-    optional_utc_converter,
-    parse_duration,
-    seconds_converter,
-)
+from ._durations import Duration, parse_duration, to_utc
 from ._errors import ArgumentTypeError, InvalidArgumentError
 from ._json import JsonValue, copy_json
 
@@ -230,23 +225,25 @@ def _v_keep(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
             attr.name, f"expected bool or a count of jobs to keep, got {type(value).__name__}"
         )
     if value < 0:
-        raise InvalidArgumentError(attr.name, f"the count of jobs to keep must be >= 0, got {value}")
+        raise InvalidArgumentError(
+            attr.name, f"the count of jobs to keep must be >= 0, got {value}"
+        )
 
 
-def _enum_converter(enum_type: type[enum.StrEnum], argument: str) -> Any:
-    def convert(value: object) -> Any:
-        if isinstance(value, enum_type):
-            return value
-        if isinstance(value, str):
-            try:
-                return enum_type(value)
-            except ValueError:
-                pass
-            known = ", ".join(repr(m.value) for m in enum_type)
-            raise InvalidArgumentError(argument, f"unknown value {value!r} (known: {known})")
-        raise ArgumentTypeError(argument, f"expected str, got {type(value).__name__}")
+E = TypeVar("E", bound=enum.StrEnum)
 
-    return convert
+
+def _enum_value(enum_type: type[E], value: object, argument: str) -> E:
+    if isinstance(value, enum_type):
+        return value
+    if isinstance(value, str):
+        try:
+            return enum_type(value)
+        except ValueError:
+            pass
+        known = ", ".join(repr(m.value) for m in enum_type)
+        raise InvalidArgumentError(argument, f"unknown value {value!r} (known: {known})")
+    raise ArgumentTypeError(argument, f"expected str, got {type(value).__name__}")
 
 
 def _instance_of(kind: type, argument: str) -> Any:
@@ -257,6 +254,71 @@ def _instance_of(kind: type, argument: str) -> Any:
             )
 
     return validate
+
+
+# Named converters (the attrs mypy plugin reads their parameter types as the __init__ types).
+
+
+def _optional_seconds(value: Duration | None, argument: str) -> float | None:
+    return None if value is None else parse_duration(value, argument, allow_zero=False)
+
+
+def _optional_utc(value: datetime | None, argument: str) -> datetime | None:
+    return None if value is None else to_utc(value, argument)
+
+
+def _backoff_type(value: BackoffType | str) -> BackoffType:
+    return _enum_value(BackoffType, value, "backoff.type")
+
+
+def _backoff_delay(value: Duration) -> float:
+    return parse_duration(value, "backoff.delay")
+
+
+def _backoff_max_delay(value: Duration | None) -> float | None:
+    return _optional_seconds(value, "backoff.max_delay")
+
+
+def _repeat_every(value: Duration | None) -> float | None:
+    return _optional_seconds(value, "repeat.every")
+
+
+def _repeat_start(value: datetime | None) -> datetime | None:
+    return _optional_utc(value, "repeat.start")
+
+
+def _repeat_end(value: datetime | None) -> datetime | None:
+    return _optional_utc(value, "repeat.end")
+
+
+def _dedup_ttl(value: Duration | None) -> float | None:
+    return _optional_seconds(value, "deduplication.ttl")
+
+
+def _limiter_duration(value: Duration) -> float:
+    return parse_duration(value, "limiter.duration", allow_zero=False)
+
+
+def _delay(value: Duration) -> float:
+    return parse_duration(value, "delay")
+
+
+def _timeout(value: Duration | None) -> float | None:
+    return _optional_seconds(value, "timeout")
+
+
+def _child_failure_policy(value: ChildFailurePolicy | str) -> ChildFailurePolicy:
+    return _enum_value(ChildFailurePolicy, value, "fail_parent_on_child_failure")
+
+
+def _event_timestamp(value: datetime | None) -> datetime | None:
+    return _optional_utc(value, "timestamp")
+
+
+def _group_ids(value: Iterable[str]) -> frozenset[str]:
+    if isinstance(value, str):
+        raise ArgumentTypeError("exclude_groups", "expected a collection of group ids, not a str")
+    return frozenset(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,12 +339,10 @@ class Backoff:
     jobs failing together do not retry together.
     """
 
-    type: BackoffType = attrs.field(converter=_enum_converter(BackoffType, "backoff.type"))
-    delay: float = attrs.field(default=0.0, converter=seconds_converter("backoff.delay"))
+    type: BackoffType = attrs.field(converter=_backoff_type)
+    delay: float = attrs.field(default=0.0, converter=_backoff_delay)
     jitter: float = attrs.field(default=0.0, validator=_v_fraction)
-    max_delay: float | None = attrs.field(
-        default=None, converter=optional_seconds_converter("backoff.max_delay", allow_zero=False)
-    )
+    max_delay: float | None = attrs.field(default=None, converter=_backoff_max_delay)
     strategy: str | None = attrs.field(default=None)
 
     def __attrs_post_init__(self) -> None:
@@ -360,14 +420,10 @@ class Repeat:
     """
 
     cron: str | None = attrs.field(default=None)
-    every: float | None = attrs.field(
-        default=None, converter=optional_seconds_converter("repeat.every", allow_zero=False)
-    )
+    every: float | None = attrs.field(default=None, converter=_repeat_every)
     limit: int | None = attrs.field(default=None, validator=_v_optional_int(minimum=1))
-    start: datetime | None = attrs.field(
-        default=None, converter=optional_utc_converter("repeat.start")
-    )
-    end: datetime | None = attrs.field(default=None, converter=optional_utc_converter("repeat.end"))
+    start: datetime | None = attrs.field(default=None, converter=_repeat_start)
+    end: datetime | None = attrs.field(default=None, converter=_repeat_end)
     tz: str | None = attrs.field(default=None)
 
     def __attrs_post_init__(self) -> None:
@@ -375,9 +431,13 @@ class Repeat:
             raise InvalidArgumentError("repeat", "give exactly one of cron= or every=")
         if self.cron is not None:
             if not isinstance(self.cron, str):
-                raise ArgumentTypeError("repeat.cron", f"expected str, got {type(self.cron).__name__}")
+                raise ArgumentTypeError(
+                    "repeat.cron", f"expected str, got {type(self.cron).__name__}"
+                )
             if not croniter.is_valid(self.cron):
-                raise InvalidArgumentError("repeat.cron", f"not a valid cron expression: {self.cron!r}")
+                raise InvalidArgumentError(
+                    "repeat.cron", f"not a valid cron expression: {self.cron!r}"
+                )
         if self.tz is not None:
             if not isinstance(self.tz, str):
                 raise ArgumentTypeError("repeat.tz", f"expected str, got {type(self.tz).__name__}")
@@ -400,9 +460,7 @@ class Deduplication:
     """
 
     key: str | None = attrs.field(default=None, validator=_v_optional_name)
-    ttl: float | None = attrs.field(
-        default=None, converter=optional_seconds_converter("deduplication.ttl", allow_zero=False)
-    )
+    ttl: float | None = attrs.field(default=None, converter=_dedup_ttl)
     hash: bool = attrs.field(default=False, validator=_v_bool)
 
 
@@ -424,7 +482,7 @@ class Limiter:
     """At most ``max`` jobs started per ``duration``, counted across every worker of the queue."""
 
     max: int = attrs.field(validator=_v_int(minimum=1))
-    duration: float = attrs.field(converter=seconds_converter("limiter.duration", allow_zero=False))
+    duration: float = attrs.field(converter=_limiter_duration)
 
 
 @attrs.frozen(kw_only=True)
@@ -433,7 +491,7 @@ class JobOptions:
 
     priority: int = attrs.field(default=0, validator=_v_int(PRIORITY_MIN, PRIORITY_MAX))
     """Lower runs first."""
-    delay: float = attrs.field(default=0.0, converter=seconds_converter("delay"))
+    delay: float = attrs.field(default=0.0, converter=_delay)
     attempts: int = attrs.field(default=1, validator=_v_int(minimum=1))
     backoff: Backoff | None = attrs.field(default=None, validator=_instance_of(Backoff, "backoff"))
     lifo: bool = attrs.field(default=False, validator=_v_bool)
@@ -444,14 +502,12 @@ class JobOptions:
     remove_on_complete: bool | int = attrs.field(default=False, validator=_v_keep)
     """``True`` removes the job when it completes; a count keeps only the newest N completed."""
     remove_on_fail: bool | int = attrs.field(default=False, validator=_v_keep)
-    timeout: float | None = attrs.field(
-        default=None, converter=optional_seconds_converter("timeout", allow_zero=False)
-    )
+    timeout: float | None = attrs.field(default=None, converter=_timeout)
     repeat: Repeat | None = attrs.field(default=None, validator=_instance_of(Repeat, "repeat"))
     group: Group | None = attrs.field(default=None, validator=_instance_of(Group, "group"))
     fail_parent_on_child_failure: ChildFailurePolicy = attrs.field(
         default=ChildFailurePolicy.FAIL,
-        converter=_enum_converter(ChildFailurePolicy, "fail_parent_on_child_failure"),
+        converter=_child_failure_policy,
     )
 
     def __attrs_post_init__(self) -> None:
@@ -570,7 +626,7 @@ class FetchOptions:
         default=None, validator=_instance_of(Limiter, "group_limiter")
     )
     """At most ``max`` claims per group per ``duration``."""
-    exclude_groups: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    exclude_groups: frozenset[str] = attrs.field(default=frozenset(), converter=_group_ids)
     max_global_concurrency: int | None = attrs.field(default=None, validator=_v_optional_int(1))
     """At most this many active jobs in the queue."""
     limiter: Limiter | None = attrs.field(default=None, validator=_instance_of(Limiter, "limiter"))
@@ -590,9 +646,7 @@ class StoreEvent:
     queue_name: str = attrs.field(validator=_v_name)
     job_id: str | None = None
     data: Mapping[str, JsonValue] = attrs.field(factory=dict)
-    timestamp: datetime | None = attrs.field(
-        default=None, converter=optional_utc_converter("timestamp")
-    )
+    timestamp: datetime | None = attrs.field(default=None, converter=_event_timestamp)
 
 
 @attrs.frozen
@@ -621,7 +675,9 @@ class JobOutcome:
     @staticmethod
     def _token(job: JobData) -> str:
         if job.lock_token is None:
-            raise InvalidArgumentError("job", f"job {job.id!r} is not a claimed job (no lock token)")
+            raise InvalidArgumentError(
+                "job", f"job {job.id!r} is not a claimed job (no lock token)"
+            )
         return job.lock_token
 
     @classmethod

@@ -321,7 +321,7 @@ class Store(Protocol):
         """How many jobs of the group are waiting."""
         ...
 
-    # -- delays -------------------------------------------------------------------------------------
+    # -- delays ------------------------------------------------------------------------------------
 
     async def promote_delayed_jobs(self, queue_name: str) -> int:
         """Move delayed jobs whose ``delay_until`` has come to ``waiting``; return how many.
@@ -332,7 +332,7 @@ class Store(Protocol):
         """Move every delayed job to ``waiting`` now; return how many."""
         ...
 
-    # -- pause / resume -----------------------------------------------------------------------------
+    # -- pause / resume ----------------------------------------------------------------------------
 
     async def pause_job_name(self, queue_name: str, job_name: str) -> None:
         """Stop claims of jobs with this name; ``"__all__"`` pauses the whole queue.
@@ -347,7 +347,7 @@ class Store(Protocol):
         """The paused names, sorted (``"__all__"`` when the whole queue is paused)."""
         ...
 
-    # -- maintenance ----------------------------------------------------------------------------------
+    # -- maintenance -------------------------------------------------------------------------------
 
     async def clean(
         self, queue_name: str, state: JobState, grace: float, limit: int | None = None
@@ -380,9 +380,11 @@ class Store(Protocol):
         """
         ...
 
-    # -- flows ---------------------------------------------------------------------------------------
+    # -- flows -------------------------------------------------------------------------------------
 
-    async def notify_child_completed(self, parent_queue_name: str, parent_id: str) -> JobState | None:
+    async def notify_child_completed(
+        self, parent_queue_name: str, parent_id: str
+    ) -> JobState | None:
         """Count one child of the parent as done; when none is pending, the parent moves from
         ``waiting-children`` to ``waiting``. Returns the parent's state, ``None`` if it is gone.
         (:meth:`finish_jobs` does this itself; this is for children that end otherwise.)
@@ -399,7 +401,7 @@ class Store(Protocol):
         """The parent's children still attached to it, in the order they were added."""
         ...
 
-    # -- events -----------------------------------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------------------
 
     def subscribe(self, queue_name: str | None, callback: EventCallback) -> None:
         """Call ``callback`` for every event of a queue (``None``: of every queue)."""

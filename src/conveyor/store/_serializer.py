@@ -3,7 +3,8 @@
 Stores persist exactly what :func:`unstructure` returns (JSON text for SQL stores), and read it
 back with :func:`structure`. The wire form:
 
-* datetimes: ISO 8601 strings in UTC with an explicit offset, ``"2026-11-24T19:04:00.123456+00:00"``;
+* datetimes: ISO 8601 strings in UTC with an explicit offset,
+  ``"2026-11-24T19:04:00.123456+00:00"``;
   reading accepts any offset and converts to UTC, and refuses naive timestamps;
 * durations: float seconds;
 * enums (``JobState``, ``BackoffType``, ...): their string value;
@@ -24,7 +25,7 @@ import enum
 import json
 from collections.abc import Mapping, Set
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import cattrs
 from cattrs.v import format_exception
@@ -51,7 +52,7 @@ def _strict(kind: type, *, exclude_bool: bool = True, also: tuple[type, ...] = (
     def hook(value: Any, _type: Any) -> Any:
         if (exclude_bool and isinstance(value, bool)) or not isinstance(value, accepted):
             raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r:.60}")
-        return kind(value) if kind is float else value
+        return float(cast("float", value)) if kind is float else value
 
     return hook
 
@@ -66,6 +67,16 @@ def _structure_bool_or_int(value: Any, _type: Any) -> bool | int:
     if not isinstance(value, bool | int):
         raise TypeError(f"expected bool or int, got {type(value).__name__} {value!r:.60}")
     return value
+
+
+def _structure_enum(value: Any, type_: Any) -> Any:
+    if isinstance(value, type_):
+        return value
+    try:
+        return type_(value)
+    except ValueError:
+        known = ", ".join(repr(m.value) for m in type_)
+        raise ValueError(f"unknown {type_.__name__} {value!r:.60} (known: {known})") from None
 
 
 def _structure_datetime(value: Any, _type: Any) -> datetime:
@@ -88,6 +99,9 @@ def configure_converter(conv: cattrs.Converter) -> None:
     conv.register_structure_hook(float, _strict(float, also=(int,)))
     conv.register_structure_hook(str, _strict(str, exclude_bool=False))
     conv.register_structure_hook(bool, _structure_bool)
+    # StrEnum precedes str in a StrEnum's MRO, so this hook, not the str one, reads enums.
+    conv.register_structure_hook(enum.StrEnum, _structure_enum)
+    conv.register_structure_hook(enum.Enum, _structure_enum)
     conv.register_structure_hook(bool | int, _structure_bool_or_int)
 
 
@@ -127,7 +141,7 @@ def structure(data: Any, cls: type[T]) -> T:
 
 
 def _describe(exc: BaseException, type_: Any) -> str:
-    if isinstance(exc, ConveyorError | TypeError):
+    if isinstance(exc, ConveyorError | TypeError | ValueError):
         return str(exc)
     return format_exception(exc, type_)
 

@@ -90,14 +90,17 @@ def validate_new_job(job: object, argument: str = "job") -> JobData:
 def check_jobs(jobs: object, argument: str = "jobs") -> list[JobData]:
     """Validate a sequence of new jobs; refuse two jobs with one id in one queue."""
     if isinstance(jobs, str | bytes) or not isinstance(jobs, Sequence):
-        raise ArgumentTypeError(argument, f"expected a sequence of JobData, got {type(jobs).__name__}")
+        raise ArgumentTypeError(
+            argument, f"expected a sequence of JobData, got {type(jobs).__name__}"
+        )
     clean = [validate_new_job(job, f"{argument}[{i}]") for i, job in enumerate(jobs)]
     seen: set[tuple[str, str]] = set()
     for i, job in enumerate(clean):
         key = (job.queue_name, job.id)
         if key in seen:
             raise InvalidArgumentError(
-                f"{argument}[{i}].id", f"job id {job.id!r} appears twice in queue {job.queue_name!r}"
+                f"{argument}[{i}].id",
+                f"job id {job.id!r} appears twice in queue {job.queue_name!r}",
             )
         seen.add(key)
     return clean

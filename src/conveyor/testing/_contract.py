@@ -75,7 +75,9 @@ _CHECKS: list[ContractCheck] = []
 
 
 def _check(fn: CheckFn) -> CheckFn:
-    _CHECKS.append(ContractCheck(fn.__name__.removeprefix("check_"), (fn.__doc__ or "").strip(), fn))
+    _CHECKS.append(
+        ContractCheck(fn.__name__.removeprefix("check_"), (fn.__doc__ or "").strip(), fn)
+    )
     return fn
 
 
@@ -167,7 +169,7 @@ async def check_find_job_by_id(fx: StoreFixture) -> None:
 
 @_check
 async def check_duplicate_id(fx: StoreFixture) -> None:
-    """A second job with the same id in the same queue raises DuplicateJobError, changing nothing."""
+    """A second job with the same id in a queue raises DuplicateJobError, changing nothing."""
     job = await _add(fx, data={"v": 1}, job_id="fixed")
     clash = make_job(data={"v": 2}, job_id="fixed")
     await expect_raises(DuplicateJobError, lambda: fx.store.save_job(clash), "duplicate id")
@@ -195,27 +197,39 @@ async def check_bad_input(fx: StoreFixture) -> None:
     """Bad arguments raise a typed error naming the argument, and store nothing."""
     s = fx.store
     bad_data = make_job(data={"when": {1, 2}})
-    await expect_raises(SerializationError, lambda: s.save_job(bad_data), "set in data", argument="data")
+    await expect_raises(
+        SerializationError, lambda: s.save_job(bad_data), "set in data", argument="data"
+    )
     nan = make_job(data=[float("nan")])
     await expect_raises(SerializationError, lambda: s.save_job(nan), "NaN in data", argument="data")
     int_keys = make_job(data={1: "a"})
-    await expect_raises(SerializationError, lambda: s.save_job(int_keys), "int key", argument="data")
+    await expect_raises(
+        SerializationError, lambda: s.save_job(int_keys), "int key", argument="data"
+    )
     await expect_raises(ArgumentTypeError, lambda: s.save_job("job"), "not a JobData")  # type: ignore[arg-type]
     await expect_raises(
         InvalidArgumentError, lambda: s.save_bulk([make_job(), bad_data]), "bulk with bad data"
     )
     expect_eq(await s.list_queues(), [], "queues after refused input")
     await expect_raises(
-        InvalidArgumentError, lambda: s.count_jobs("q", "sleeping"), "unknown state", argument="state"  # type: ignore[arg-type]
+        InvalidArgumentError,
+        lambda: s.count_jobs("q", "sleeping"),  # type: ignore[arg-type]
+        "unknown state",
+        argument="state",
     )
     await expect_raises(
         InvalidArgumentError, lambda: s.fetch_next_jobs("q", "w", -1, 1), "negative lock",
         argument="lock_duration",
     )  # fmt: skip
     await expect_raises(
-        InvalidArgumentError, lambda: s.fetch_next_jobs("q", "w", 30, 0), "limit 0", argument="limit"
+        InvalidArgumentError,
+        lambda: s.fetch_next_jobs("q", "w", 30, 0),
+        "limit 0",
+        argument="limit",
     )
-    await expect_raises(InvalidArgumentError, lambda: s.get_job("", "x"), "empty queue name", argument="queue_name")
+    await expect_raises(
+        InvalidArgumentError, lambda: s.get_job("", "x"), "empty queue name", argument="queue_name"
+    )
     job = await _add(fx)
     await expect_raises(
         InvalidArgumentError, lambda: s.update_job("q", job.id, {"id": "other"}), "readonly field",
@@ -232,7 +246,9 @@ async def check_bad_input(fx: StoreFixture) -> None:
     await expect_raises(
         SerializationError, lambda: s.update_job("q", job.id, {"data": object()}), "bad data",
     )  # fmt: skip
-    await expect_raises(InvalidArgumentError, lambda: s.clean("q", JobState.ACTIVE, 0), "clean active")
+    await expect_raises(
+        InvalidArgumentError, lambda: s.clean("q", JobState.ACTIVE, 0), "clean active"
+    )
     await expect_raises(
         InvalidArgumentError, lambda: s.recover_stalled_jobs("q", -1), "negative max_stalled_count",
         argument="max_stalled_count",
@@ -260,7 +276,8 @@ async def check_claim_sets_lock(fx: StoreFixture) -> None:
     expect_eq(job.id, a.id, "claimed job")
     expect_eq(job.state, JobState.ACTIVE, "state")
     expect_eq(job.locked_by, "w-7", "locked_by")
-    assert job.processed_at is not None and job.lock_until is not None
+    assert job.processed_at is not None
+    assert job.lock_until is not None
     expect_eq(job.lock_until - job.processed_at, timedelta(seconds=12.5), "lock length")
     expect(job.lock_token, "a lock token")
     expect_eq(await _get(fx, a), job, "the stored record equals the claimed copy")
@@ -390,7 +407,8 @@ async def check_fence(fx: StoreFixture) -> None:
     await fx.advance(6)
     await fx.store.recover_stalled_jobs("q", 5)
     [new] = await claim(fx.store, worker="b", lock=30)
-    assert old.lock_token is not None and new.lock_token is not None
+    assert old.lock_token is not None
+    assert new.lock_token is not None
     expect(old.lock_token != new.lock_token, "a new claim has a new token")
     late = [JobOutcome.completed(old, "stale")]
     expect_eq(await fx.store.finish_jobs(late), [False], "stale completion")
@@ -399,7 +417,9 @@ async def check_fence(fx: StoreFixture) -> None:
     stored = await _get(fx, new)
     expect_eq((stored.state, stored.locked_by, stored.returnvalue), (JobState.ACTIVE, "b", None),
               "job after stale writes")  # fmt: skip
-    expect_eq(await fx.store.finish_jobs([JobOutcome.completed(new, "fresh")]), [True], "completion")
+    expect_eq(
+        await fx.store.finish_jobs([JobOutcome.completed(new, "fresh")]), [True], "completion"
+    )
     expect_eq(await fx.store.finish_jobs([JobOutcome.completed(new, "again")]), [False], "twice")
     expect_eq((await _get(fx, new)).returnvalue, "fresh", "returnvalue")
 
@@ -433,7 +453,8 @@ async def check_finish_completed_and_failed(fx: StoreFixture) -> None:
     )
     expect_eq(results, [True, True], "finish results")
     done = await _get(fx, a)
-    expect_eq((done.state, done.returnvalue, done.attempts_made), (JobState.COMPLETED, {"ok": 1}, 1),
+    expect_eq((done.state, done.returnvalue, done.attempts_made),
+              (JobState.COMPLETED, {"ok": 1}, 1),
               "completed job")  # fmt: skip
     expect_eq(done.completed_at, now, "completed_at")
     expect_eq([(r.attempt, r.outcome, r.worker_id) for r in done.attempt_logs],
@@ -487,7 +508,7 @@ async def check_remove_on_finish(fx: StoreFixture) -> None:
     expect_eq(await fx.store.get_job("q", failing.id), None, "removed on fail")
 
 
-# -- deduplication ------------------------------------------------------------------------------------
+# -- deduplication ---------------------------------------------------------------------------------
 
 
 @_check
@@ -535,7 +556,7 @@ async def check_dedup_in_bulk(fx: StoreFixture) -> None:
     expect_eq(await fx.store.count_jobs("q", JobState.WAITING), 2, "stored jobs")
 
 
-# -- delays ----------------------------------------------------------------------------------------------
+# -- delays ----------------------------------------------------------------------------------------
 
 
 @_check
@@ -567,7 +588,7 @@ async def check_delayed_promotion(fx: StoreFixture) -> None:
     expect_eq(await _state(fx, future), JobState.DELAYED, "an absolute delay_until")
 
 
-# -- groups and limits --------------------------------------------------------------------------------------
+# -- groups and limits -----------------------------------------------------------------------------
 
 
 @_check
@@ -623,7 +644,9 @@ async def check_group_rate_limit(fx: StoreFixture) -> None:
     expect_eq(ids, [a[0].id, b.id, a[1].id], "claims within the group limit")
     expect_eq(await claim(fx.store, limit=10, group_limiter=limiter), [], "group a is limited")
     await fx.advance(10)
-    expect_eq(await claim_ids(fx.store, limit=10, group_limiter=limiter), [a[2].id], "window passed")
+    expect_eq(
+        await claim_ids(fx.store, limit=10, group_limiter=limiter), [a[2].id], "window passed"
+    )
 
 
 @_check
@@ -652,7 +675,7 @@ async def check_rate_limit(fx: StoreFixture) -> None:
     expect_eq(len(await claim(fx.store, limit=5, limiter=limiter)), 2, "next window")
 
 
-# -- flows ---------------------------------------------------------------------------------------------------
+# -- flows -----------------------------------------------------------------------------------------
 
 
 async def _flow(
@@ -685,7 +708,9 @@ async def check_flow_completion(fx: StoreFixture) -> None:
     expect_eq(parent.children_values, {f"kids:{c1.id}": "one", f"kids:{c2.id}": "two"},
               "children_values")  # fmt: skip
     orphan = make_job("kids", parent=make_job("parents"))
-    await expect_raises(InvalidArgumentError, lambda: fx.store.save_flow([orphan]), "missing parent")
+    await expect_raises(
+        InvalidArgumentError, lambda: fx.store.save_flow([orphan]), "missing parent"
+    )
 
 
 @_check
@@ -732,7 +757,7 @@ async def check_flow_primitives(fx: StoreFixture) -> None:
     expect_eq(await fx.store.notify_child_completed("parents", "ghost"), None, "unknown parent")
 
 
-# -- cancel, remove, update ------------------------------------------------------------------------------------
+# -- cancel, remove, update ------------------------------------------------------------------------
 
 
 @_check
@@ -809,7 +834,7 @@ async def check_update_job(fx: StoreFixture) -> None:
     await expect_raises(JobNotFoundError, lambda: fx.store.add_log("q", "ghost", "x"), "log")
 
 
-# -- maintenance ----------------------------------------------------------------------------------------------
+# -- maintenance -----------------------------------------------------------------------------------
 
 
 async def _finish_all(fx: StoreFixture, queue: str = "q", *, fail: bool = False) -> None:
@@ -885,7 +910,7 @@ async def check_retry_jobs(fx: StoreFixture) -> None:
                         "retry waiting", argument="state")  # fmt: skip
 
 
-# -- queries -------------------------------------------------------------------------------------------------------
+# -- queries ---------------------------------------------------------------------------------------
 
 
 @_check
@@ -904,7 +929,10 @@ async def check_counts_and_lists(fx: StoreFixture) -> None:
               "counts")  # fmt: skip
     for state, n in counts.items():
         expect_eq(await fx.store.count_jobs("q", state), n, f"count_jobs({state.value})")
-    ids = lambda jobs: [j.id for j in jobs]  # noqa: E731
+
+    def ids(jobs: list[JobData]) -> list[str]:
+        return [j.id for j in jobs]
+
     expect_eq(active.id, waiting[1].id, "claimed the lowest priority")
     expect_eq(ids(await fx.store.list_jobs("q", JobState.WAITING)), [waiting[0].id, waiting[2].id],
               "waiting order")  # fmt: skip
@@ -942,7 +970,7 @@ async def check_odd_names(fx: StoreFixture) -> None:
     expect_eq(await fx.store.list_queues(), [queue], "list_queues")
 
 
-# -- events --------------------------------------------------------------------------------------------------------
+# -- events ----------------------------------------------------------------------------------------
 
 
 @_check

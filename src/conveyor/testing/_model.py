@@ -162,7 +162,9 @@ class ReferenceQueue:
             out.append(job.id)
         return out
 
-    def _pick(self, lifo: bool, job_name: str | None, group_concurrency: int | None) -> ModelJob | None:
+    def _pick(
+        self, lifo: bool, job_name: str | None, group_concurrency: int | None
+    ) -> ModelJob | None:
         candidates = [
             j for j in self.in_state(JobState.WAITING)
             if j.spec.name not in self.paused and (job_name is None or j.spec.name == job_name)

@@ -117,7 +117,9 @@ def make_store_state_machine(
 
             return self.portal.call(run)
 
-        def both(self, store_call: Callable[[], Awaitable[T]], model_call: Callable[[], Any], what: str) -> T | None:
+        def both(
+            self, store_call: Callable[[], Awaitable[T]], model_call: Callable[[], Any], what: str
+        ) -> T | None:
             """Run the same operation on both; they must agree on the result or on the error."""
             try:
                 expected = model_call()
@@ -126,7 +128,9 @@ def make_store_state_machine(
                     self.call(store_call)
                 except type(exc):
                     return None
-                raise ContractViolation(f"{what}: the store did not raise {type(exc).__name__}") from None
+                raise ContractViolation(
+                    f"{what}: the store did not raise {type(exc).__name__}"
+                ) from None
             actual = self.call(store_call)
             expect_eq(actual, expected, what)
             return actual
@@ -209,8 +213,11 @@ def make_store_state_machine(
                 "retry": lambda: JobOutcome.retry(job, "flaky", delay=delay),
                 "delay": lambda: JobOutcome.delay_job(job, delay),
             }[kind]()
-            self.both(lambda: self.store.finish_jobs([outcome]),
-                      lambda: [self.model.finish(kind, job_id, token, delay)], "finish_jobs")  # fmt: skip
+            self.both(
+                lambda: self.store.finish_jobs([outcome]),
+                lambda: [self.model.finish(kind, job_id, token, delay)],
+                "finish_jobs",
+            )
 
         @precondition(lambda self: self.model.in_state(JobState.ACTIVE))
         @rule(pick=st.integers(0, 1000), stale=st.booleans(), duration=st.sampled_from(DURATIONS))

@@ -39,6 +39,7 @@ from conveyor.store import (
     AttemptRecord,
     ChildFailurePolicy,
     Clock,
+    ConveyorError,
     DuplicateJobError,
     EventCallback,
     EventType,
@@ -60,6 +61,8 @@ from conveyor.store import (
     copy_json,
     from_timestamp,
     parse_duration,
+    structure,
+    unstructure,
 )
 from conveyor.store._validate import (
     check_event,
@@ -218,10 +221,72 @@ class MemoryStore:
     ) -> None:
         await self.disconnect()
 
+    @property
+    def connected(self) -> bool:
+        """Whether the store is connected (and not yet disconnected)."""
+        return self._lifecycle is _Lifecycle.CONNECTED
+
     def reset(self) -> None:
         """Forget every job, queue and paused name (subscribers stay). For tests."""
         self._queues.clear()
         self._children.clear()
+
+    def export_state(self) -> dict[str, Any]:
+        """Everything the store holds, as JSON-ready data (the converter's wire form).
+
+        Jobs are listed per queue in the order each state keeps them, so that
+        :meth:`import_state` restores claim order exactly.
+        """
+        queues = []
+        for q in self._queues.values():
+            ordered = [key[2] for key in q.waiting] + [key[2] for key in q.delayed]
+            for state in (JobState.WAITING_CHILDREN, JobState.ACTIVE, *TERMINAL_STATES):
+                ordered.extend(q.by_state(state))
+            queues.append(
+                {
+                    "name": q.name,
+                    "paused": sorted(q.paused),
+                    "lane_served": dict(q.lane_served),
+                    "tick": q.tick,
+                    "jobs": [unstructure(q.jobs[job_id]) for job_id in ordered],
+                }
+            )
+        return {"format": "conveyor-memory-store", "version": 1, "queues": queues}
+
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        """Load what :meth:`export_state` produced into this (empty) store.
+
+        :raises StoreError: the store already holds jobs, or ``state`` is not such an export.
+        """
+        if self._queues:
+            raise StoreError("import_state() needs an empty store")
+        if not isinstance(state, Mapping) or state.get("format") != "conveyor-memory-store":
+            raise StoreError("not an export of a MemoryStore")
+        if state.get("version") != 1:
+            raise StoreError(f"unsupported MemoryStore export version {state.get('version')!r}")
+        try:
+            for raw in state["queues"]:
+                q = self._queue(raw["name"])
+                q.paused.update(raw["paused"])
+                q.lane_served.update(raw["lane_served"])
+                q.tick = raw["tick"]
+                for record in raw["jobs"]:
+                    job = structure(record, JobData)
+                    q.jobs[job.id] = job
+                    order = next(self._seq) if job.state is JobState.WAITING else None
+                    self._index(q, job, order=order)
+                    key = job.deduplication_key
+                    if key is not None:  # the newest job with a key is the one that holds it
+                        current = q.jobs.get(q.dedup.get(key, ""))
+                        if current is None or _ts(current.created_at) <= _ts(job.created_at):
+                            q.dedup[key] = job.id
+                    if job.parent_id is not None and job.parent_queue_name is not None:
+                        self._children.setdefault((job.parent_queue_name, job.parent_id), {})[
+                            (q.name, job.id)
+                        ] = None
+        except (KeyError, TypeError, ConveyorError) as exc:
+            self.reset()
+            raise StoreError(f"cannot import MemoryStore state: {exc}") from exc
 
     async def now(self) -> datetime:
         await self._enter()
@@ -230,7 +295,9 @@ class MemoryStore:
     async def _enter(self) -> None:
         await checkpoint()
         if self._lifecycle is not _Lifecycle.CONNECTED:
-            state = "was disconnected" if self._lifecycle is _Lifecycle.CLOSED else "is not connected"
+            state = (
+                "was disconnected" if self._lifecycle is _Lifecycle.CLOSED else "is not connected"
+            )
             raise StoreError(
                 f"this MemoryStore {state}; use `async with store:` or `await store.connect()`"
             )
@@ -272,11 +339,15 @@ class MemoryStore:
 
     def _emit_state(self, job: JobData, prev: JobState | None, now: float, **data: Any) -> None:
         if self._subscribers:
-            self._emit(job.queue_name, job.state.value, job.id, now, prev=prev and prev.value, **data)
+            self._emit(
+                job.queue_name, job.state.value, job.id, now, prev=prev and prev.value, **data
+            )
 
     # indexing: every state change goes through _unindex / _index
 
-    def _index(self, q: _Queue, job: JobData, *, head: bool = False, order: int | None = None) -> None:
+    def _index(
+        self, q: _Queue, job: JobData, *, head: bool = False, order: int | None = None
+    ) -> None:
         state = job.state
         group = job.group_id
         if state is JobState.WAITING:
@@ -387,7 +458,9 @@ class MemoryStore:
         clean = check_jobs(jobs)
         for i, job in enumerate(clean):
             if job.parent_id is not None:
-                raise InvalidArgumentError(f"jobs[{i}].parent_id", "children are added with save_flow()")
+                raise InvalidArgumentError(
+                    f"jobs[{i}].parent_id", "children are added with save_flow()"
+                )
         await self._enter()
         return self._insert(clean, flow=False)
 
@@ -502,7 +575,7 @@ class MemoryStore:
         job = q.jobs[job_id]
         return job.copy() if self._holds_key(job, self._clock.time()) else None
 
-    # -- changing ------------------------------------------------------------------------------------
+    # -- changing ----------------------------------------------------------------------------------
 
     async def update_job(
         self,
@@ -520,7 +593,11 @@ class MemoryStore:
         await self._enter()
         q = self._queues.get(queue_name)
         job = None if q is None else q.jobs.get(job_id)
-        if q is None or job is None or (expected_state is not None and job.state is not expected_state):
+        if (
+            q is None
+            or job is None
+            or (expected_state is not None and job.state is not expected_state)
+        ):
             return False
         new_state = clean.pop("state", job.state)
         if new_state is not job.state:
@@ -552,7 +629,9 @@ class MemoryStore:
         if new_state is not prev:
             self._emit_state(job, prev, now)
         if "progress" in clean:
-            self._emit(queue_name, EventType.PROGRESS, job_id, now, progress=copy_json(job.progress))
+            self._emit(
+                queue_name, EventType.PROGRESS, job_id, now, progress=copy_json(job.progress)
+            )
         return True
 
     async def add_log(self, queue_name: str, job_id: str, message: str) -> int:
@@ -614,7 +693,7 @@ class MemoryStore:
         self._fail(q, job, "cancelled", now, cancelled=True)
         return job.copy()
 
-    # -- claiming ------------------------------------------------------------------------------------
+    # -- claiming ----------------------------------------------------------------------------------
 
     async def fetch_next_job(
         self,
@@ -709,7 +788,7 @@ class MemoryStore:
                     continue
                 if fetch.lifo:
                     top = keys[0][0]
-                    candidate = keys[keys.bisect_left((top + 1,)) - 1]
+                    candidate = keys[keys.bisect_left((top + 1, -(2**63), "")) - 1]
                     if best is None or (candidate[0], -candidate[1]) < (best[0], -best[1]):
                         best = candidate
                 else:
@@ -817,9 +896,7 @@ class MemoryStore:
             job.returnvalue = outcome.returnvalue
             job.completed_at = from_timestamp(now)
             self._move(q, job, JobState.COMPLETED)
-            self._emit_state(
-                job, JobState.ACTIVE, now, returnvalue=copy_json(outcome.returnvalue)
-            )
+            self._emit_state(job, JobState.ACTIVE, now, returnvalue=copy_json(outcome.returnvalue))
             self._child_completed(job, now)
             self._apply_removal(q, job, job.opts.remove_on_complete, q.completed, now)
         elif kind is OutcomeKind.FAILED:
@@ -846,7 +923,9 @@ class MemoryStore:
             job.cancelled_at = job.failed_at
         self._clear_lock(job)
         prev = self._move(q, job, JobState.FAILED)
-        self._emit_state(job, prev, now, failed_reason=reason, cancelled=job.cancelled_at is not None)
+        self._emit_state(
+            job, prev, now, failed_reason=reason, cancelled=job.cancelled_at is not None
+        )
         self._child_failed(job, reason, now)
         self._apply_removal(q, job, job.opts.remove_on_fail, q.failed, now)
 
@@ -861,7 +940,7 @@ class MemoryStore:
                 oldest = q.jobs[next(iter(finished))]
                 self._delete(q, oldest, now)
 
-    # -- flows ----------------------------------------------------------------------------------------
+    # -- flows -------------------------------------------------------------------------------------
 
     def _child_completed(self, child: JobData, now: float) -> None:
         parent = self._find(child.parent_queue_name, child.parent_id)
@@ -905,7 +984,9 @@ class MemoryStore:
         self._fail(self._queues[parent.queue_name], parent, reason, now, cancelled=False)
         return True
 
-    async def notify_child_completed(self, parent_queue_name: str, parent_id: str) -> JobState | None:
+    async def notify_child_completed(
+        self, parent_queue_name: str, parent_id: str
+    ) -> JobState | None:
         check_name(parent_queue_name, "parent_queue_name")
         check_name(parent_id, "parent_id")
         await self._enter()
@@ -933,7 +1014,7 @@ class MemoryStore:
                 out.append(child.copy())
         return out
 
-    # -- stalled jobs -----------------------------------------------------------------------------------
+    # -- stalled jobs ------------------------------------------------------------------------------
 
     def _expired(self, q: _Queue, now: float) -> list[JobData]:
         return [
@@ -974,7 +1055,7 @@ class MemoryStore:
             out.append(job.copy())
         return out
 
-    # -- queries ----------------------------------------------------------------------------------------
+    # -- queries -----------------------------------------------------------------------------------
 
     async def get_active_count(self, queue_name: str) -> int:
         return await self.count_jobs(queue_name, JobState.ACTIVE)
@@ -1041,7 +1122,7 @@ class MemoryStore:
         q = self._queues.get(queue_name)
         return 0 if q is None else q.group_waiting[group_id]
 
-    # -- delays -----------------------------------------------------------------------------------------
+    # -- delays ------------------------------------------------------------------------------------
 
     async def promote_delayed_jobs(self, queue_name: str) -> int:
         check_name(queue_name, "queue_name")
@@ -1067,7 +1148,7 @@ class MemoryStore:
             count += 1
         return count
 
-    # -- pause / resume --------------------------------------------------------------------------------
+    # -- pause / resume ----------------------------------------------------------------------------
 
     async def pause_job_name(self, queue_name: str, job_name: str) -> None:
         check_name(queue_name, "queue_name")
@@ -1091,7 +1172,7 @@ class MemoryStore:
         q = self._queues.get(queue_name)
         return [] if q is None else sorted(q.paused)
 
-    # -- maintenance -----------------------------------------------------------------------------------
+    # -- maintenance -------------------------------------------------------------------------------
 
     async def clean(
         self, queue_name: str, state: JobState, grace: float, limit: int | None = None
@@ -1184,7 +1265,7 @@ class MemoryStore:
             self._emit_state(job, prev, now)
         return len(jobs)
 
-    # -- events -----------------------------------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------------------
 
     def subscribe(self, queue_name: str | None, callback: EventCallback) -> None:
         if queue_name is not None:
