@@ -342,3 +342,16 @@ def test_check_json_names_the_bad_path(value: Any, path: str) -> None:
 
 def test_tuples_become_lists() -> None:
     assert check_json({"a": (1, (2, 3))}, "data") == {"a": [1, [2, 3]]}
+
+
+@given(jobs)
+def test_copy_is_equal_and_shares_nothing_mutable(job: JobData) -> None:
+    copied = job.copy()
+    assert copied == job
+    assert type(copied) is JobData
+    for name in ("data", "progress", "returnvalue", "children_values", "stacktrace", "logs"):
+        value = getattr(job, name)
+        if isinstance(value, list | dict):
+            assert getattr(copied, name) is not value, name
+    copied.logs.append("only in the copy")
+    assert "only in the copy" not in job.logs

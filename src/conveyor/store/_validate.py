@@ -146,7 +146,10 @@ def check_outcomes(outcomes: object) -> list[JobOutcome]:
             raise ArgumentTypeError(f"{where}.stacktrace", "expected str")
         parse_duration(outcome.delay, f"{where}.delay")
         returnvalue = check_json(outcome.returnvalue, "returnvalue")
-        clean.append(attrs.evolve(outcome, returnvalue=returnvalue))
+        # Scalars come back as themselves; only a container needs the copy swapped in.
+        if returnvalue is not outcome.returnvalue:
+            outcome = attrs.evolve(outcome, returnvalue=returnvalue)
+        clean.append(outcome)
     return clean
 
 
