@@ -27,6 +27,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
+from ._durations import Duration
 from ._models import (
     FetchOptions,
     JobData,
@@ -197,7 +198,7 @@ class Store(Protocol):
         self,
         queue_name: str,
         worker_id: str,
-        lock_duration: float,
+        lock_duration: Duration,
         opts: FetchOptions | None = None,
     ) -> JobData | None:
         """:meth:`fetch_next_jobs` with ``limit=1``."""
@@ -207,7 +208,7 @@ class Store(Protocol):
         self,
         queue_name: str,
         worker_id: str,
-        lock_duration: float,
+        lock_duration: Duration,
         limit: int,
         opts: FetchOptions | None = None,
     ) -> list[JobData]:
@@ -222,13 +223,13 @@ class Store(Protocol):
         ...
 
     async def extend_lock(
-        self, queue_name: str, job_id: str, lock_token: str, duration: float
+        self, queue_name: str, job_id: str, lock_token: str, duration: Duration
     ) -> bool:
         """Extend one lock to now + ``duration``; ``False`` if ``lock_token`` no longer holds it."""
         ...
 
     async def extend_locks(
-        self, queue_name: str, locks: Mapping[str, str], duration: float
+        self, queue_name: str, locks: Mapping[str, str], duration: Duration
     ) -> dict[str, LockStatus]:
         """Extend many locks (``{job_id: lock_token}``) in one call. A lock is extended only
         while its token still holds it; the status says, per job, whether it was extended,
@@ -350,7 +351,7 @@ class Store(Protocol):
     # -- maintenance -------------------------------------------------------------------------------
 
     async def clean(
-        self, queue_name: str, state: JobState, grace: float, limit: int | None = None
+        self, queue_name: str, state: JobState, grace: Duration, limit: int | None = None
     ) -> int:
         """Remove up to ``limit`` jobs in ``state`` older than ``grace`` seconds, oldest first;
         return how many. Age counts from ``completed_at`` / ``failed_at`` for finished jobs,

@@ -26,6 +26,7 @@ from conveyor.store import (
     Backoff,
     Deduplication,
     DuplicateJobError,
+    FetchOptions,
     Group,
     GroupFullError,
     InvalidArgumentError,
@@ -254,6 +255,36 @@ async def check_bad_input(fx: StoreFixture) -> None:
         argument="max_stalled_count",
     )  # fmt: skip
     expect_eq(await _get(fx, job), job, "the job after refused updates")
+    child = make_job(parent=make_job())
+    await expect_raises(
+        InvalidArgumentError, lambda: s.save_job(child), "a child outside a flow",
+        argument="job.parent_id",
+    )  # fmt: skip
+    await expect_raises(
+        InvalidArgumentError, lambda: s.list_jobs("q", JobState.WAITING, -1, 5), "negative start",
+        argument="start",
+    )  # fmt: skip
+    await expect_raises(
+        InvalidArgumentError, lambda: s.extend_locks("q", {job.id: "t"}, -5), "negative duration",
+        argument="duration",
+    )  # fmt: skip
+    await expect_raises(
+        InvalidArgumentError, lambda: s.clean("q", JobState.FAILED, "-1s"), "negative grace",
+        argument="grace",
+    )  # fmt: skip
+    await expect_raises(
+        ArgumentTypeError, lambda: s.finish_jobs(["done"]), "not an outcome",  # type: ignore[list-item]
+        argument="outcomes[0]",
+    )  # fmt: skip
+    await expect_raises(
+        InvalidArgumentError, lambda: s.pause_job_name("q", ""), "empty job name",
+        argument="job_name",
+    )  # fmt: skip
+    await expect_raises(
+        ArgumentTypeError, lambda: s.fetch_next_jobs("q", "w", 30, 1, {"lifo": True}),  # type: ignore[arg-type]
+        "options as a dict", argument="opts",
+    )  # fmt: skip
+    expect_eq(await _get(fx, job), job, "the job after refused calls")
 
 
 @_check
@@ -286,6 +317,37 @@ async def check_claim_sets_lock(fx: StoreFixture) -> None:
     expect(second.lock_token != job.lock_token, "tokens differ between claims")
     expect_eq(await claim(fx.store), [], "nothing left to claim")
     expect_eq(await fx.store.get_active_count("q"), 2, "active count")
+
+
+@_check
+async def check_fetch_next_job(fx: StoreFixture) -> None:
+    """fetch_next_job claims one job, or returns None when none can be claimed."""
+    a = await _add(fx, name="a")
+    job = await fx.store.fetch_next_job("q", "w", 30)
+    assert job is not None
+    expect_eq((job.id, job.state), (a.id, JobState.ACTIVE), "claimed job")
+    await _add(fx, name="b")
+    expect_eq(await fx.store.fetch_next_job("q", "w", 30, FetchOptions(job_name="a")), None,
+              "nothing of that name")  # fmt: skip
+    expect_eq(await fx.store.fetch_next_job("empty", "w", 30), None, "an empty queue")
+
+
+@_check
+async def check_connect_once(fx: StoreFixture) -> None:
+    """A store connects once: connecting a connected store raises StoreError."""
+    await expect_raises(StoreError, fx.store.connect, "second connect")
+    await _add(fx)
+    expect_eq(await fx.store.count_jobs("q", JobState.WAITING), 1, "still usable")
+
+
+@_check
+async def check_update_group_of_active_job(fx: StoreFixture) -> None:
+    """Changing an active job's group moves its count to the new group."""
+    job = await _add(fx, group=Group("a"))
+    await claim(fx.store)
+    await fx.store.update_job("q", job.id, {"opts": attrs.evolve(job.opts, group=Group("b"))})
+    expect_eq(await fx.store.get_group_active_count("q", "a"), 0, "old group")
+    expect_eq(await fx.store.get_group_active_count("q", "b"), 1, "new group")
 
 
 @_check
@@ -1032,6 +1094,35 @@ async def check_events(fx: StoreFixture) -> None:
     before = len(rec.events)
     await _add(fx)
     expect_eq(len(rec.events), before, "no events after unsubscribe")
+
+
+@_check
+async def check_more_events(fx: StoreFixture) -> None:
+    """Flows, releases, promotions, retries and obliteration publish their events."""
+    rec = Recorder()
+    fx.store.subscribe(None, rec)
+    parent, kids = await _flow(fx, children=1)
+    expect_eq(rec.types(parent.id), ["waiting-children"], "a flow parent")
+    expect_eq(rec.types(kids[0].id), ["waiting"], "a flow child")
+    [child] = await claim(fx.store, "kids")
+    assert child.lock_token is not None
+    await fx.store.release_lock("kids", child.id, child.lock_token)
+    expect_eq(rec.types(child.id)[-1], "waiting", "release")
+    [child] = await claim(fx.store, "kids")
+    await fx.store.finish_jobs([JobOutcome.completed(child, 1)])
+    expect_eq(rec.types(parent.id), ["waiting-children", "waiting"], "parent after its child")
+    late = await _add(fx, delay=60)
+    await fx.store.promote_jobs("q")
+    expect_eq(rec.types(late.id), ["delayed", "waiting"], "promote_jobs")
+    [job] = await claim(fx.store)
+    await fx.store.finish_jobs([JobOutcome.failed(job, "x")])
+    await fx.store.retry_jobs("q")
+    expect_eq(rec.types(late.id)[-2:], ["failed", "waiting"], "retry_jobs")
+    await fx.store.obliterate("q")
+    expect_eq(rec.events[-1].type, "obliterated", "obliterate")
+    fx.store.unsubscribe(None)
+    await _add(fx)
+    expect_eq(rec.events[-1].type, "obliterated", "unsubscribe(None) removes every callback")
 
 
 @_check

@@ -41,6 +41,7 @@ from conveyor.store import (
     Clock,
     ConveyorError,
     DuplicateJobError,
+    Duration,
     EventCallback,
     EventType,
     FetchOptions,
@@ -614,9 +615,15 @@ class MemoryStore:
             raise InvalidArgumentError("updates.delay_until", "a delayed job needs a delay_until")
         now = self._clock.time()
         prev = job.state
-        reindex = new_state is not prev or (
-            prev in (JobState.WAITING, JobState.DELAYED)
-            and ("opts" in clean or "delay_until" in clean)
+        group = clean["opts"].group if "opts" in clean else job.opts.group
+        new_group = None if group is None else group.id
+        reindex = (
+            new_state is not prev
+            or new_group != job.group_id  # group counters follow the job
+            or (
+                prev in (JobState.WAITING, JobState.DELAYED)
+                and ("opts" in clean or "delay_until" in clean)
+            )
         )
         order = self._unindex(q, job) if reindex else None
         for key, value in clean.items():
@@ -699,7 +706,7 @@ class MemoryStore:
         self,
         queue_name: str,
         worker_id: str,
-        lock_duration: float,
+        lock_duration: Duration,
         opts: FetchOptions | None = None,
     ) -> JobData | None:
         jobs = await self.fetch_next_jobs(queue_name, worker_id, lock_duration, 1, opts)
@@ -709,7 +716,7 @@ class MemoryStore:
         self,
         queue_name: str,
         worker_id: str,
-        lock_duration: float,
+        lock_duration: Duration,
         limit: int,
         opts: FetchOptions | None = None,
     ) -> list[JobData]:
@@ -806,7 +813,7 @@ class MemoryStore:
         return job
 
     async def extend_lock(
-        self, queue_name: str, job_id: str, lock_token: str, duration: float
+        self, queue_name: str, job_id: str, lock_token: str, duration: Duration
     ) -> bool:
         check_name(job_id, "job_id")
         check_name(lock_token, "lock_token")
@@ -814,7 +821,7 @@ class MemoryStore:
         return statuses[job_id] is not LockStatus.LOST
 
     async def extend_locks(
-        self, queue_name: str, locks: Mapping[str, str], duration: float
+        self, queue_name: str, locks: Mapping[str, str], duration: Duration
     ) -> dict[str, LockStatus]:
         check_name(queue_name, "queue_name")
         if not isinstance(locks, Mapping):
@@ -1175,7 +1182,7 @@ class MemoryStore:
     # -- maintenance -------------------------------------------------------------------------------
 
     async def clean(
-        self, queue_name: str, state: JobState, grace: float, limit: int | None = None
+        self, queue_name: str, state: JobState, grace: Duration, limit: int | None = None
     ) -> int:
         check_name(queue_name, "queue_name")
         state = JobState.parse(state)
