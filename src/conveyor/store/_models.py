@@ -67,16 +67,7 @@ class JobState(enum.StrEnum):
     @classmethod
     def parse(cls, value: object, argument: str = "state") -> JobState:
         """Return the state named by ``value`` (a ``JobState`` or its string), or raise."""
-        if isinstance(value, JobState):
-            return value
-        if isinstance(value, str):
-            try:
-                return cls(value)
-            except ValueError:
-                pass
-            known = ", ".join(s.value for s in cls)
-            raise InvalidArgumentError(argument, f"unknown job state {value!r} (known: {known})")
-        raise ArgumentTypeError(argument, f"expected a JobState or str, got {type(value).__name__}")
+        return _enum_value(cls, value, argument)
 
 
 TERMINAL_STATES: Final = frozenset({JobState.COMPLETED, JobState.FAILED})
