@@ -5,9 +5,15 @@ only the store contract (:mod:`conveyor.store`); stores implement it and are fou
 scheme through the ``conveyor.stores`` entry points.
 """
 
+from ._events import EventBus as EventBus
+from ._job import Job as Job
 from ._open_store import available_stores as available_stores
 from ._open_store import open_store as open_store
 from ._open_store import store_from_url as store_from_url
+from ._queue import Queue as Queue
+from ._worker import GroupLimits as GroupLimits
+from ._worker import Worker as Worker
+from ._worker import open_worker as open_worker
 from .store import ALL_JOB_NAMES as ALL_JOB_NAMES
 from .store import ArgumentTypeError as ArgumentTypeError
 from .store import AttemptRecord as AttemptRecord

@@ -105,6 +105,7 @@ class EventType(enum.StrEnum):
     STALLED = "stalled"
     REMOVED = "removed"
     CANCEL_REQUESTED = "cancel-requested"
+    ERROR = "error"
     PAUSED = "paused"
     RESUMED = "resumed"
     DRAINED = "drained"

@@ -1,0 +1,295 @@
+"""Job: a handle on one stored job, for producers and for the processor running it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+
+from .store import (
+    TERMINAL_STATES,
+    AttemptRecord,
+    Duration,
+    InvalidJobStateError,
+    JobCancelledError,
+    JobData,
+    JobFailedError,
+    JobNotFoundError,
+    JobOptions,
+    JobState,
+    JsonValue,
+    Store,
+    StoreEvent,
+    check_int,
+    check_json,
+    parse_duration,
+)
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+__all__ = ["Job"]
+
+_FALLBACK_POLL = 1.0
+"""How often ``wait_until_finished`` re-reads the job in case an event was missed (seconds)."""
+
+
+class Job:
+    """A job in a store: its fields as of the last read, and what can be done with it.
+
+    Attributes mirror the stored record (:class:`~conveyor.store.JobData`) as of the last read;
+    :meth:`refresh` reads it again. Methods write through to the store at once.
+    """
+
+    def __init__(self, data: JobData, store: Store, *, worker: Worker | None = None) -> None:
+        self._data = data
+        self._store = store
+        self._worker = worker
+
+    def __repr__(self) -> str:
+        return f"<Job {self.queue_name}:{self.id} {self.name!r} {self.state.value}>"
+
+    # -- the record ----------------------------------------------------------------------------
+
+    @property
+    def record(self) -> JobData:
+        """The stored record as of the last read (a copy you may keep)."""
+        return self._data.copy()
+
+    id = property(lambda self: self._data.id, doc="The job's id, unique in its queue.")
+    name = property(lambda self: self._data.name, doc="The job's name.")
+    queue_name = property(lambda self: self._data.queue_name, doc="The queue it belongs to.")
+
+    @property
+    def data(self) -> JsonValue:
+        """The payload."""
+        return self._data.data
+
+    @property
+    def opts(self) -> JobOptions:
+        return self._data.opts
+
+    @property
+    def state(self) -> JobState:
+        return self._data.state
+
+    @property
+    def progress(self) -> JsonValue:
+        return self._data.progress
+
+    @property
+    def returnvalue(self) -> JsonValue:
+        return self._data.returnvalue
+
+    @property
+    def failed_reason(self) -> str | None:
+        return self._data.failed_reason
+
+    @property
+    def attempts_made(self) -> int:
+        return self._data.attempts_made
+
+    @property
+    def created_at(self) -> datetime | None:
+        return self._data.created_at
+
+    @property
+    def processed_at(self) -> datetime | None:
+        return self._data.processed_at
+
+    @property
+    def completed_at(self) -> datetime | None:
+        return self._data.completed_at
+
+    @property
+    def failed_at(self) -> datetime | None:
+        return self._data.failed_at
+
+    @property
+    def cancelled_at(self) -> datetime | None:
+        return self._data.cancelled_at
+
+    @property
+    def delay_until(self) -> datetime | None:
+        return self._data.delay_until
+
+    @property
+    def logs(self) -> list[str]:
+        return list(self._data.logs)
+
+    @property
+    def stacktrace(self) -> list[str]:
+        return list(self._data.stacktrace)
+
+    @property
+    def discarded(self) -> bool:
+        return self._data.discarded
+
+    @property
+    def group_id(self) -> str | None:
+        return self._data.group_id
+
+    @property
+    def parent_id(self) -> str | None:
+        return self._data.parent_id
+
+    @property
+    def parent_queue_name(self) -> str | None:
+        return self._data.parent_queue_name
+
+    @property
+    def attempt_logs(self) -> list[AttemptRecord]:
+        return list(self._data.attempt_logs)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def refresh(self) -> Job:
+        """Read the job again; return ``self``.
+
+        :raises JobNotFoundError: the job no longer exists.
+        """
+        data = await self._store.get_job(self.queue_name, self.id)
+        if data is None:
+            raise JobNotFoundError(self.queue_name, self.id)
+        self._data = data
+        return self
+
+    async def get_parent(self) -> Job | None:
+        """The parent job of a flow child, or ``None``."""
+        if self.parent_id is None or self.parent_queue_name is None:
+            return None
+        data = await self._store.get_job(self.parent_queue_name, self.parent_id)
+        return None if data is None else Job(data, self._store)
+
+    async def get_children_values(self) -> dict[str, JsonValue]:
+        """Return values of the completed children, keyed ``"<queue_name>:<job_id>"``."""
+        await self.refresh()
+        return dict(self._data.children_values)
+
+    async def get_children(self) -> list[Job]:
+        """The children still attached to this job."""
+        children = await self._store.get_children_jobs(self.queue_name, self.id)
+        return [Job(child, self._store) for child in children]
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def _update(self, updates: dict[str, Any], expected: JobState | None = None) -> None:
+        if not await self._store.update_job(
+            self.queue_name, self.id, updates, expected_state=expected
+        ):
+            current = await self._store.get_job(self.queue_name, self.id)
+            if current is None:
+                raise JobNotFoundError(self.queue_name, self.id)
+            self._data = current
+            raise InvalidJobStateError(
+                f"job {self.id!r} is {current.state.value}, not {expected and expected.value}"
+            )
+        await self.refresh()
+
+    async def update_progress(self, progress: JsonValue) -> None:
+        """Record progress (a number such as a percentage, or any JSON object)."""
+        value = check_json(progress, "progress")
+        await self._update({"progress": value})
+        if self._worker is not None:
+            self._worker._job_progress(self, value)
+
+    async def log(self, message: str) -> int:
+        """Append a line to the job's logs; return how many lines it has."""
+        count = await self._store.add_log(self.queue_name, self.id, message)
+        self._data.logs.append(message)
+        return count
+
+    async def clear_logs(self) -> None:
+        await self._update({"logs": []})
+
+    async def update_data(self, data: JsonValue) -> None:
+        """Replace the job's data."""
+        await self._update({"data": check_json(data, "data")})
+
+    async def discard(self) -> None:
+        """Run no more attempts: if this attempt fails, the job fails for good."""
+        await self._update({"discarded": True})
+
+    async def change_priority(self, priority: int) -> None:
+        check_int(priority, "priority")
+        await self._update({"opts": attrs.evolve(self.opts, priority=priority)})
+
+    async def change_delay(self, delay: Duration) -> None:
+        """Move a delayed job's run to ``delay`` from now (by the store's clock)."""
+        seconds = parse_duration(delay, "delay")
+        until = await self._store.now() + timedelta(seconds=seconds)
+        await self._update({"delay_until": until}, JobState.DELAYED)
+
+    async def promote(self) -> None:
+        """Run a delayed job now."""
+        await self._update({"state": JobState.WAITING}, JobState.DELAYED)
+
+    async def retry(self, state: JobState = JobState.FAILED) -> None:
+        """Send a failed (or completed) job back to waiting with its attempts reset."""
+        if state not in TERMINAL_STATES:
+            raise InvalidJobStateError("only failed or completed jobs can be retried")
+        reset: dict[str, Any] = {
+            "state": JobState.WAITING, "attempts_made": 0, "stalled_count": 0,
+            "failed_reason": None, "returnvalue": None, "processed_at": None,
+            "completed_at": None, "failed_at": None, "cancelled_at": None, "discarded": False,
+        }  # fmt: skip
+        await self._update(reset, state)
+
+    async def remove(self) -> None:
+        """Remove the job (and its children).
+
+        :raises InvalidJobStateError: the job is active.
+        """
+        if not await self._store.remove_job(self.queue_name, self.id):
+            raise JobNotFoundError(self.queue_name, self.id)
+
+    async def cancel(self) -> None:
+        """Cancel the job: a job not yet running fails at once; a running one is stopped by
+        its worker (within one lock renewal) and recorded as cancelled.
+
+        :raises InvalidJobStateError: the job already finished.
+        """
+        data = await self._store.cancel_job(self.queue_name, self.id)
+        if data is None:
+            raise JobNotFoundError(self.queue_name, self.id)
+        self._data = data
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    async def wait_until_finished(self, timeout: Duration | None = None) -> JsonValue:  # noqa: ASYNC109 - DESIGN.md names it
+        """Wait until the job completes and return its value.
+
+        :raises JobFailedError: it failed (:class:`JobCancelledError` if it was cancelled).
+        :raises TimeoutError: ``timeout`` passed first.
+        :raises JobNotFoundError: it was removed.
+        """
+        seconds = None if timeout is None else parse_duration(timeout, "timeout")
+        changed = anyio.Event()
+
+        def on_event(event: StoreEvent) -> None:
+            if event.job_id == self.id:
+                changed.set()
+
+        self._store.subscribe(self.queue_name, on_event)
+        try:
+            with anyio.fail_after(seconds):
+                while True:
+                    await self.refresh()
+                    if self.state in TERMINAL_STATES:
+                        return self._outcome()
+                    with anyio.move_on_after(_FALLBACK_POLL):
+                        await changed.wait()
+                    changed = anyio.Event()
+        finally:
+            self._store.unsubscribe(self.queue_name, on_event)
+
+    def _outcome(self) -> JsonValue:
+        if self.state is JobState.COMPLETED:
+            return self.returnvalue
+        error: Callable[[str, str | None], JobFailedError] = (
+            JobCancelledError if self.cancelled_at is not None else JobFailedError
+        )
+        raise error(self.id, self.failed_reason)

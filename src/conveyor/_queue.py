@@ -1,0 +1,230 @@
+"""Queue: adding jobs to a named queue and managing it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict, Unpack
+
+import attrs
+
+from ._events import EventBus
+from ._job import Job
+from .store import (
+    ALL_JOB_NAMES,
+    ArgumentTypeError,
+    Backoff,
+    ChildFailurePolicy,
+    Deduplication,
+    Duration,
+    Group,
+    InvalidArgumentError,
+    JobData,
+    JobNotFoundError,
+    JobOptions,
+    JobState,
+    JsonValue,
+    Repeat,
+    Store,
+    check_int,
+    check_job_name,
+    check_json,
+    check_name,
+    parse_duration,
+)
+
+__all__ = ["JobOptionsDict", "Queue", "build_job"]
+
+
+class JobOptionsDict(TypedDict, total=False):
+    """The keyword options of :meth:`Queue.add` (see :class:`~conveyor.store.JobOptions`)."""
+
+    priority: int
+    delay: Duration
+    attempts: int
+    backoff: Backoff | None
+    lifo: bool
+    job_id: str | None
+    deduplication: Deduplication | None
+    remove_on_complete: bool | int
+    remove_on_fail: bool | int
+    timeout: Duration | None
+    repeat: Repeat | None
+    group: Group | None
+    fail_parent_on_child_failure: ChildFailurePolicy | str
+
+
+_OPTION_NAMES = frozenset(JobOptionsDict.__annotations__)
+
+
+def make_options(base: JobOptions, options: Mapping[str, Any]) -> JobOptions:
+    """``base`` with ``options`` applied; unknown option names are refused by name."""
+    unknown = sorted(set(options) - _OPTION_NAMES)
+    if unknown:
+        known = ", ".join(sorted(_OPTION_NAMES))
+        raise ArgumentTypeError(unknown[0], f"unknown job option (known: {known})")
+    if options.get("repeat") is not None:
+        raise InvalidArgumentError(
+            "repeat", "repeating jobs are not available yet: the scheduler is still being built"
+        )
+    return attrs.evolve(base, **options)
+
+
+def _dedup_key(name: str, data: JsonValue, dedup: Deduplication) -> str:
+    key = dedup.key
+    if key is None:
+        key = json.dumps([name, data], sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    if dedup.hash:
+        return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return key
+
+
+def build_job(queue_name: str, name: str, data: JsonValue, opts: JobOptions) -> JobData:
+    """The record a producer hands to the store for a new job."""
+    check_job_name(name, "name")
+    clean = check_json(data, "data")
+    return JobData(
+        id=opts.job_id or uuid.uuid4().hex,
+        queue_name=queue_name,
+        name=name,
+        data=clean,
+        opts=opts,
+        deduplication_key=(
+            None if opts.deduplication is None else _dedup_key(name, clean, opts.deduplication)
+        ),
+    )
+
+
+class Queue:
+    """A named queue in a store: add jobs to it, look at them, manage it.
+
+    ::
+
+        queue = conveyor.Queue("emails", store=store)
+        job = await queue.add("send", {"to": "a@example.com"}, attempts=3,
+                              backoff=conveyor.Backoff.exponential("1s"))
+
+    :param default_job_options: options every job of this queue starts from.
+    """
+
+    def __init__(
+        self, name: str, *, store: Store, default_job_options: JobOptions | None = None
+    ) -> None:
+        self.name = check_name(name, "name")
+        if not isinstance(store, Store):
+            raise ArgumentTypeError("store", f"expected a Store, got {type(store).__name__}")
+        if default_job_options is not None and not isinstance(default_job_options, JobOptions):
+            raise ArgumentTypeError("default_job_options", "expected JobOptions")
+        self.store = store
+        self.default_job_options = default_job_options or JobOptions()
+        self.events = EventBus(on_first=self._start_events, on_last=self._stop_events)
+        """The queue's events, as its store publishes them (subscribed while anyone listens)."""
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r}>"
+
+    def _start_events(self) -> None:
+        self.store.subscribe(self.name, self.events.emit)
+
+    def _stop_events(self) -> None:
+        self.store.unsubscribe(self.name, self.events.emit)
+
+    def _job(self, data: JobData) -> Job:
+        return Job(data, self.store)
+
+    # -- adding -----------------------------------------------------------------------------------
+
+    async def add(
+        self, name: str, data: JsonValue = None, **options: Unpack[JobOptionsDict]
+    ) -> Job:
+        """Add a job; return it. With ``deduplication``, returns the job already holding the
+        key when there is one.
+
+        :raises GroupFullError: the job's group is full.
+        :raises DuplicateJobError: ``job_id`` is taken in this queue.
+        """
+        job = build_job(self.name, name, data, make_options(self.default_job_options, options))
+        job_id = await self.store.save_job(job)
+        return await self._read(job_id)
+
+    async def add_bulk(self, jobs: Sequence[tuple[str, JsonValue, JobOptionsDict]]) -> list[Job]:
+        """Add many jobs in one transaction: ``[(name, data, {options}), ...]``."""
+        if isinstance(jobs, str | bytes) or not isinstance(jobs, Sequence):
+            raise ArgumentTypeError("jobs", "expected a sequence of (name, data, options)")
+        records = []
+        for i, item in enumerate(jobs):
+            if not isinstance(item, tuple) or len(item) != 3 or not isinstance(item[2], Mapping):
+                raise ArgumentTypeError(f"jobs[{i}]", "expected a (name, data, options) tuple")
+            name, data, options = item
+            opts = make_options(self.default_job_options, options)
+            records.append(build_job(self.name, name, data, opts))
+        ids = await self.store.save_bulk(records)
+        return [await self._read(job_id) for job_id in ids]
+
+    async def _read(self, job_id: str) -> Job:
+        data = await self.store.get_job(self.name, job_id)
+        if data is None:  # removed between the add and the read (remove_on_complete, ...)
+            raise JobNotFoundError(self.name, job_id)
+        return self._job(data)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job | None:
+        data = await self.store.get_job(self.name, job_id)
+        return None if data is None else self._job(data)
+
+    async def get_jobs(self, state: JobState | str, start: int = 0, end: int = 100) -> list[Job]:
+        """Jobs in a state, positions ``start`` to ``end`` inclusive (``end=-1``: all)."""
+        jobs = await self.store.list_jobs(self.name, JobState.parse(state), start, end)
+        return [self._job(data) for data in jobs]
+
+    async def count(self, state: JobState | str) -> int:
+        return await self.store.count_jobs(self.name, JobState.parse(state))
+
+    async def get_job_counts(self) -> dict[JobState, int]:
+        return await self.store.get_job_counts(self.name)
+
+    # -- managing ---------------------------------------------------------------------------------
+
+    async def pause(self, job_name: str | None = None) -> None:
+        """Stop workers from starting jobs of this queue (or only jobs named ``job_name``).
+        Running jobs finish."""
+        await self.store.pause_job_name(self.name, ALL_JOB_NAMES if job_name is None else job_name)
+
+    async def resume(self, job_name: str | None = None) -> None:
+        await self.store.resume_job_name(self.name, ALL_JOB_NAMES if job_name is None else job_name)
+
+    async def is_paused(self) -> bool:
+        return ALL_JOB_NAMES in await self.store.get_paused_job_names(self.name)
+
+    async def get_paused_job_names(self) -> list[str]:
+        """Paused job names (``"__all__"`` when the whole queue is paused)."""
+        return await self.store.get_paused_job_names(self.name)
+
+    async def drain(self) -> int:
+        """Remove every waiting and delayed job; return how many."""
+        return await self.store.drain(self.name)
+
+    async def clean(
+        self, state: JobState | str, grace: Duration = 0, limit: int | None = None
+    ) -> int:
+        """Remove jobs in ``state`` older than ``grace``; return how many."""
+        parse_duration(grace, "grace")
+        if limit is not None:
+            check_int(limit, "limit", minimum=1)
+        return await self.store.clean(self.name, JobState.parse(state), grace, limit)
+
+    async def obliterate(self, *, force: bool = False) -> None:
+        """Remove the queue and everything in it. Refuses while jobs run, unless ``force``."""
+        await self.store.obliterate(self.name, force=force)
+
+    async def retry_jobs(self, state: JobState | str = JobState.FAILED) -> int:
+        """Send every failed (or completed) job back to waiting; return how many."""
+        return await self.store.retry_jobs(self.name, JobState.parse(state))
+
+    async def promote_jobs(self) -> int:
+        """Run every delayed job now; return how many."""
+        return await self.store.promote_jobs(self.name)

@@ -1,0 +1,495 @@
+"""open_worker: a worker is one task group.
+
+::
+
+    open_worker ── task group ──┬─ event listener   store events -> wake-ups and cancellations
+                                ├─ lock renewer     extends running jobs' locks; a lost lock or a
+                                │                   cancel request cancels that job's scope
+                                ├─ stall sweeper    takes back jobs whose lock expired anywhere
+                                ├─ promoter         moves due delayed jobs to waiting
+                                └─ fetcher ── jobs task group ── one task per job, each in its
+                                                 own CancelScope (timeout = fail_after)
+
+Shutdown, when the ``async with`` block is left:
+
+1. the fetcher stops claiming;
+2. running jobs get ``shutdown_timeout`` to finish (forever when ``None``; none at all when the
+   block is left by an exception or a cancellation);
+3. the rest are cancelled; each cancelled job's lock is released, so another worker takes the
+   job at once;
+4. the side tasks are cancelled. No task outlives the block.
+
+Outcome writes (and lock releases) run shielded and bounded, so a cancellation never loses a
+result that was already computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import importlib
+import inspect
+import logging
+import math
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import attrs
+from anyio.abc import TaskStatus
+
+from ._events import EventBus
+from ._job import Job
+from .store import (
+    ArgumentTypeError,
+    Backoff,
+    BackoffType,
+    Duration,
+    EventType,
+    FetchOptions,
+    JobData,
+    JobOutcome,
+    Limiter,
+    LockStatus,
+    OutcomeKind,
+    Store,
+    StoreEvent,
+    check_int,
+    check_job_name,
+    check_json,
+    check_name,
+    parse_duration,
+)
+
+__all__ = ["GroupLimits", "Processor", "Worker", "open_worker"]
+
+log = logging.getLogger("conveyor.worker")
+
+Processor = Callable[[Job], Any]
+"""``async def f(job) -> result``, or a plain ``def`` (run in a worker thread)."""
+
+_WRITE_TIMEOUT = 30.0
+"""How long a shielded outcome write may take before the worker gives up on it (seconds)."""
+
+
+@attrs.frozen
+class GroupLimits:
+    """Limits that apply to each group separately, across every worker of the queue.
+
+    :param concurrency: at most this many active jobs per group.
+    :param limiter: at most ``limiter.max`` jobs started per group per ``limiter.duration``.
+    """
+
+    concurrency: int | None = attrs.field(default=None)
+    limiter: Limiter | None = attrs.field(default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.concurrency is not None:
+            check_int(self.concurrency, "group.concurrency", minimum=1)
+        if self.limiter is not None and not isinstance(self.limiter, Limiter):
+            raise ArgumentTypeError("group.limiter", "expected a Limiter")
+
+
+class _Stop(enum.Enum):
+    SHUTDOWN = "worker shutting down"
+    LOCK_LOST = "lock lost"
+    CANCELLED = "cancelled"
+
+
+@attrs.define
+class _Running:
+    job: Job
+    token: str
+    scope: anyio.CancelScope
+    stop: _Stop | None = None
+
+    def cancel(self, why: _Stop) -> None:
+        if self.stop is None:
+            self.stop = why
+        self.scope.cancel()
+
+
+class Worker:
+    """A running worker (made by :func:`open_worker`)."""
+
+    def __init__(
+        self,
+        queue_name: str,
+        processor: Processor,
+        store: Store,
+        *,
+        concurrency: int,
+        lock_duration: float,
+        stalled_interval: float,
+        max_stalled_count: int,
+        fetch: FetchOptions,
+        poll_interval: float,
+    ) -> None:
+        self.id = f"{queue_name}:{uuid.uuid4().hex[:12]}"
+        self.queue_name = queue_name
+        self.events = EventBus()
+        """This worker's events: ``active``, ``completed``, ``failed``, ``retrying``,
+        ``progress``, ``stalled``, ``error``."""
+        self._processor = processor
+        self._is_async = _is_async(processor)
+        self._store = store
+        self._concurrency = concurrency
+        self._lock_duration = lock_duration
+        self._stalled_interval = stalled_interval
+        self._max_stalled_count = max_stalled_count
+        self._fetch = fetch
+        self._poll_interval = poll_interval
+        self._running: dict[str, _Running] = {}
+        self._wakeup = anyio.Event()
+        self._promoter_wakeup = anyio.Event()
+        self._paused = False
+        self._closing = False
+        self._grace: float | None = None
+        self._strategies: dict[str, Callable[..., Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.id} running={len(self._running)}>"
+
+    # -- control --------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        """How many jobs this worker is running now."""
+        return len(self._running)
+
+    def pause(self) -> None:
+        """Stop claiming new jobs (running ones go on)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._wake()
+
+    def close(self) -> None:
+        """Stop claiming and begin the shutdown; the ``async with`` block still waits for it."""
+        self._closing = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    def _emit(self, type_: str, job_id: str | None = None, **data: Any) -> None:
+        self.events.emit(StoreEvent(type_, self.queue_name, job_id, data))
+
+    def _job_progress(self, job: Job, progress: Any) -> None:
+        self._emit(EventType.PROGRESS, job.id, progress=progress)
+
+    # -- the fetcher ----------------------------------------------------------------------------
+
+    async def _run_fetcher(self, done: anyio.Event) -> None:
+        try:
+            async with anyio.create_task_group() as jobs:
+                while not self._closing:
+                    free = self._concurrency - len(self._running)
+                    claimed: list[JobData] = []
+                    if free > 0 and not self._paused:
+                        claimed = await self._store.fetch_next_jobs(
+                            self.queue_name, self.id, self._lock_duration, free, self._fetch
+                        )
+                    for data in claimed:
+                        entry = _Running(Job(data, self._store, worker=self), data.lock_token or "",
+                                         anyio.CancelScope())  # fmt: skip
+                        self._running[data.id] = entry
+                        jobs.start_soon(self._run_job, entry, name=f"job {data.id}")
+                    if claimed and len(self._running) < self._concurrency:
+                        continue  # more may be waiting
+                    await self._sleep()
+                await self._drain(jobs)
+        finally:
+            done.set()
+
+    async def _sleep(self) -> None:
+        timeout = self._poll_interval
+        if self._fetch.limiter is not None:
+            timeout = min(timeout, self._fetch.limiter.duration / self._fetch.limiter.max)
+        with anyio.move_on_after(timeout):
+            await self._wakeup.wait()
+        self._wakeup = anyio.Event()
+
+    async def _drain(self, jobs: anyio.abc.TaskGroup) -> None:
+        """Give running jobs their grace, then cancel the rest (their locks are released)."""
+        if self._running and self._grace != 0:
+            with anyio.move_on_after(math.inf if self._grace is None else self._grace):
+                while self._running:
+                    await self._sleep()
+        for entry in list(self._running.values()):
+            entry.cancel(_Stop.SHUTDOWN)
+        del jobs
+
+    # -- one job --------------------------------------------------------------------------------
+
+    async def _run_job(self, entry: _Running) -> None:
+        job = entry.job
+        outcome: JobOutcome | None = None
+        self._emit(EventType.ACTIVE, job.id, name=job.name)
+        try:
+            with entry.scope:
+                with anyio.fail_after(job.opts.timeout):
+                    result = await self._call(job)
+                value = check_json(result, "returnvalue")
+                outcome = JobOutcome.completed(job._data, value)
+            if entry.scope.cancelled_caught and outcome is None:
+                outcome = self._stopped(entry)
+        except TimeoutError:
+            outcome = await self._failure(job, TimeoutError(f"timed out after {job.opts.timeout}s"))
+        except Exception as exc:
+            outcome = await self._failure(job, exc)
+        finally:
+            if outcome is None and entry.stop is None:
+                entry.stop = _Stop.SHUTDOWN  # cancelled from outside: give the job back
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_WRITE_TIMEOUT):
+                await self._record(entry, outcome)
+            del self._running[job.id]
+            self._wake()
+
+    async def _call(self, job: Job) -> Any:
+        if self._is_async:
+            return await self._processor(job)
+        return await anyio.to_thread.run_sync(self._processor, job, abandon_on_cancel=True)
+
+    def _stopped(self, entry: _Running) -> JobOutcome | None:
+        if entry.stop is _Stop.CANCELLED:
+            return JobOutcome.failed(entry.job._data, "cancelled", cancelled=True)
+        return None  # shutdown: released below; lock lost: nothing to write, the fence holds
+
+    async def _failure(self, job: Job, exc: BaseException) -> JobOutcome:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        trace = "".join(traceback.format_exception(exc))
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await job.refresh()  # discard() or cancel() may have happened meanwhile
+        attempt = job.attempts_made + 1
+        if job.discarded or job.cancelled_at is not None or attempt >= job.opts.attempts:
+            return JobOutcome.failed(job._data, reason, stacktrace=trace)
+        delay = self._backoff(job.opts.backoff, attempt, exc)
+        return JobOutcome.retry(job._data, reason, delay=delay, stacktrace=trace)
+
+    def _backoff(self, backoff: Backoff | None, attempt: int, exc: BaseException) -> float:
+        if backoff is None:
+            return 0.0
+        if backoff.type is not BackoffType.CUSTOM:
+            return backoff.delay_for(attempt)
+        assert backoff.strategy is not None
+        strategy = self._strategies.get(backoff.strategy)
+        if strategy is None:
+            module, _, qualname = backoff.strategy.partition(":")
+            target: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                target = getattr(target, part)
+            strategy = self._strategies[backoff.strategy] = target
+        return backoff.finish(parse_duration(strategy(attempt, exc), "backoff delay"))
+
+    async def _record(self, entry: _Running, outcome: JobOutcome | None) -> None:
+        job = entry.job
+        try:
+            if outcome is None:
+                if entry.stop is _Stop.SHUTDOWN:
+                    await self._store.release_lock(self.queue_name, job.id, entry.token)
+                elif entry.stop is _Stop.LOCK_LOST:
+                    self._emit(EventType.ERROR, job.id, message="lock lost; result not recorded")
+                return
+            [applied] = await self._store.finish_jobs([outcome])
+        except Exception as exc:
+            log.exception("recording the outcome of job %s failed", job.id)
+            self._emit(EventType.ERROR, job.id, message=f"{type(exc).__name__}: {exc}")
+            return
+        if not applied:
+            self._emit(EventType.ERROR, job.id, message="lock lost; result not recorded")
+            return
+        if outcome.kind is OutcomeKind.COMPLETED:
+            self._emit(EventType.COMPLETED, job.id, returnvalue=outcome.returnvalue)
+        elif outcome.kind is OutcomeKind.FAILED:
+            self._emit(EventType.FAILED, job.id, failed_reason=outcome.failed_reason)
+        else:
+            self._emit("retrying", job.id, failed_reason=outcome.failed_reason, delay=outcome.delay)
+            self._promoter_wakeup.set()
+
+    # -- side tasks -----------------------------------------------------------------------------
+
+    async def _run_lock_renewer(self) -> None:
+        while True:
+            await anyio.sleep(self._lock_duration / 2)
+            locks = {job_id: entry.token for job_id, entry in self._running.items()}
+            if not locks:
+                continue
+            try:
+                statuses = await self._store.extend_locks(
+                    self.queue_name, locks, self._lock_duration
+                )
+            except Exception as exc:
+                self._emit(EventType.ERROR, message=f"lock renewal failed: {exc}")
+                continue
+            for job_id, status in statuses.items():
+                entry = self._running.get(job_id)
+                if entry is None:
+                    continue
+                if status is LockStatus.LOST:
+                    entry.cancel(_Stop.LOCK_LOST)
+                elif status is LockStatus.CANCEL_REQUESTED:
+                    entry.cancel(_Stop.CANCELLED)
+
+    async def _run_stall_sweeper(self) -> None:
+        while True:
+            try:
+                recovered = await self._store.recover_stalled_jobs(
+                    self.queue_name, self._max_stalled_count
+                )
+            except Exception as exc:
+                self._emit(EventType.ERROR, message=f"stall sweep failed: {exc}")
+                recovered = []
+            for data in recovered:
+                self._emit(EventType.STALLED, data.id, state=data.state.value)
+            if recovered:
+                self._wake()
+            await anyio.sleep(self._stalled_interval)
+
+    async def _run_promoter(self) -> None:
+        while True:
+            try:
+                if await self._store.promote_delayed_jobs(self.queue_name):
+                    self._wake()
+                next_at = await self._store.get_next_delayed_timestamp(self.queue_name)
+                now = await self._store.now()
+            except Exception as exc:
+                self._emit(EventType.ERROR, message=f"promoting delayed jobs failed: {exc}")
+                next_at = None
+                now = None
+            timeout = self._poll_interval
+            if next_at is not None and now is not None:
+                timeout = min(timeout, max((next_at - now).total_seconds(), 0.0))
+            with anyio.move_on_after(timeout):
+                await self._promoter_wakeup.wait()
+            self._promoter_wakeup = anyio.Event()
+
+    async def _run_event_listener(self, *, task_status: TaskStatus[None]) -> None:
+        send, receive = anyio.create_memory_object_stream[StoreEvent](math.inf)
+        self._store.subscribe(self.queue_name, send.send_nowait)
+        try:
+            task_status.started()
+            async with receive:
+                async for event in receive:
+                    self._on_store_event(event)
+        finally:
+            self._store.unsubscribe(self.queue_name, send.send_nowait)
+            send.close()
+
+    def _on_store_event(self, event: StoreEvent) -> None:
+        if event.type in (EventType.WAITING, EventType.RESUMED):
+            self._wake()
+        elif event.type == EventType.DELAYED:
+            self._promoter_wakeup.set()
+        elif event.type == EventType.CANCEL_REQUESTED and event.job_id is not None:
+            entry = self._running.get(event.job_id)
+            if entry is not None:
+                entry.cancel(_Stop.CANCELLED)
+
+
+def _is_async(processor: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(processor):
+        return True
+    call = getattr(processor, "__call__", None)  # noqa: B004 - a callable object's method
+    return inspect.iscoroutinefunction(call)
+
+
+@asynccontextmanager
+async def open_worker(
+    queue_name: str,
+    processor: Processor | Callable[[Job], Awaitable[Any]],
+    *,
+    store: Store,
+    concurrency: int = 1,
+    max_global_concurrency: int | None = None,
+    limiter: Limiter | None = None,
+    lock_duration: Duration = 30,
+    stalled_interval: Duration = 30,
+    max_stalled_count: int = 1,
+    lifo: bool = False,
+    group: GroupLimits | None = None,
+    job_name: str | None = None,
+    shutdown_timeout: Duration | None = None,
+    poll_interval: Duration = 5,
+) -> AsyncIterator[Worker]:
+    """Run a worker for ``queue_name`` while in the block.
+
+    ::
+
+        async with conveyor.open_worker("emails", send_email, store=store, concurrency=10):
+            ...
+
+    :param processor: ``async def f(job) -> result`` (or a plain function, run in a thread).
+    :param concurrency: jobs run at once by this worker.
+    :param max_global_concurrency: jobs of the queue run at once by all workers together.
+    :param limiter: jobs of the queue started per period by all workers together.
+    :param lock_duration: how long a claim holds a job; renewed every half of it.
+    :param stalled_interval: how often to take back jobs whose lock expired.
+    :param max_stalled_count: stalls after which a job fails instead of running again.
+    :param lifo: claim the newest job first.
+    :param group: per-group limits (:class:`GroupLimits`).
+    :param job_name: only run jobs of this name.
+    :param shutdown_timeout: how long running jobs may finish when the block is left
+        (``None``: as long as they take).
+    :param poll_interval: the longest the worker sleeps without looking for jobs, in case a
+        wake-up event was missed.
+    """
+    check_name(queue_name, "queue_name")
+    if not callable(processor):
+        raise ArgumentTypeError("processor", f"must be callable, got {type(processor).__name__}")
+    if not isinstance(store, Store):
+        raise ArgumentTypeError("store", f"expected a Store, got {type(store).__name__}")
+    check_int(concurrency, "concurrency", minimum=1)
+    check_int(max_stalled_count, "max_stalled_count", minimum=0)
+    if group is not None and not isinstance(group, GroupLimits):
+        raise ArgumentTypeError("group", "expected GroupLimits")
+    if limiter is not None and not isinstance(limiter, Limiter):
+        raise ArgumentTypeError("limiter", "expected a Limiter")
+    if job_name is not None:
+        check_job_name(job_name, "job_name")
+    grace = (
+        None if shutdown_timeout is None else parse_duration(shutdown_timeout, "shutdown_timeout")
+    )
+    fetch = FetchOptions(
+        lifo=lifo,
+        job_name=job_name,
+        group_concurrency=None if group is None else group.concurrency,
+        group_limiter=None if group is None else group.limiter,
+        max_global_concurrency=max_global_concurrency,
+        limiter=limiter,
+    )
+    worker = Worker(
+        queue_name,
+        processor,
+        store,
+        concurrency=concurrency,
+        lock_duration=parse_duration(lock_duration, "lock_duration", allow_zero=False),
+        stalled_interval=parse_duration(stalled_interval, "stalled_interval", allow_zero=False),
+        max_stalled_count=max_stalled_count,
+        fetch=fetch,
+        poll_interval=parse_duration(poll_interval, "poll_interval", allow_zero=False),
+    )
+    worker._grace = grace
+    fetcher_done = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker._run_event_listener)
+        tg.start_soon(worker._run_lock_renewer, name="lock renewer")
+        tg.start_soon(worker._run_stall_sweeper, name="stall sweeper")
+        tg.start_soon(worker._run_promoter, name="promoter")
+        tg.start_soon(worker._run_fetcher, fetcher_done, name="fetcher")
+        left_cleanly = False
+        try:
+            yield worker
+            left_cleanly = True
+        finally:
+            if not left_cleanly:
+                worker._grace = 0
+            worker.close()
+            with anyio.CancelScope(shield=True):
+                await fetcher_done.wait()
+            tg.cancel_scope.cancel()

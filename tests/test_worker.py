@@ -1,0 +1,449 @@
+"""The core runtime through the public API: Queue, Job and open_worker, on every store and both
+backends. Waiting is on events with generous ``fail_after`` bounds, never on sleeps."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import conveyor
+from conveyor import (
+    ArgumentTypeError,
+    Backoff,
+    InvalidArgumentError,
+    Job,
+    JobCancelledError,
+    JobFailedError,
+    JobState,
+    Queue,
+    StoreEvent,
+    open_worker,
+)
+
+from .conftest import StoreFactoryT
+
+pytestmark = pytest.mark.anyio
+
+FAST: dict[str, Any] = {"poll_interval": 0.05, "stalled_interval": 0.05}
+"""Short fallback polls: tests wait on events, these only bound how late a missed one is seen."""
+
+
+async def wait_for_state(job: Job, state: JobState, attempts_made: int | None = None) -> None:
+    """Poll the job's record until it reaches ``state`` (after ``attempts_made`` attempts)."""
+    with anyio.fail_after(10):
+        while True:
+            await job.refresh()
+            if job.state is state and attempts_made in (None, job.attempts_made):
+                return
+            await anyio.sleep(0.01)
+
+
+async def test_add_process_and_wait(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("emails", store=fx.store)
+
+        async def send(job: Job) -> str:
+            await job.update_progress(50)
+            await job.log("talking to SMTP")
+            return f"sent to {job.data['to']}"
+
+        job = await queue.add("send", {"to": "a@example.com"}, attempts=3)
+        assert job.state is JobState.WAITING
+        async with open_worker("emails", send, store=fx.store, **FAST):
+            assert await job.wait_until_finished(timeout=10) == "sent to a@example.com"
+        await job.refresh()
+        assert (job.state, job.progress, job.logs) == (JobState.COMPLETED, 50, ["talking to SMTP"])
+        assert job.attempts_made == 1
+
+
+async def test_retries_with_backoff_then_success(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        calls: list[int] = []
+
+        async def flaky(job: Job) -> str:
+            calls.append(job.attempts_made)
+            if len(calls) < 3:
+                raise RuntimeError(f"failure {len(calls)}")
+            return "ok"
+
+        job = await queue.add("flaky", attempts=3, backoff=Backoff.fixed(5))
+        async with open_worker("q", flaky, store=fx.store, **FAST) as worker:
+            retrying = anyio.Event()
+            worker.events.on("retrying", lambda event: retrying.set())
+            for attempt in (1, 2):
+                await wait_for_state(job, JobState.DELAYED, attempts_made=attempt)
+                assert job.failed_reason is not None
+                assert job.failed_reason.startswith("RuntimeError: failure")
+                await fx.advance(5)
+            assert await job.wait_until_finished(timeout=10) == "ok"
+        assert calls == [0, 1, 2]
+        assert retrying.is_set()
+        assert [r.outcome for r in (await job.refresh()).attempt_logs] == [
+            "retry",
+            "retry",
+            "completed",
+        ]
+
+
+async def test_final_failure_and_discard(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+
+        async def process(job: Job) -> None:
+            if job.name == "discard":
+                await job.discard()
+            raise ValueError("bad input")
+
+        failing = await queue.add("fail", attempts=1)
+        discarded = await queue.add("discard", attempts=5)
+        async with open_worker("q", process, store=fx.store, **FAST):
+            with pytest.raises(JobFailedError, match="ValueError: bad input"):
+                await failing.wait_until_finished(timeout=10)
+            with pytest.raises(JobFailedError):
+                await discarded.wait_until_finished(timeout=10)
+        assert (await discarded.refresh()).attempts_made == 1
+        assert "ValueError: bad input" in (await failing.refresh()).stacktrace[0]
+
+
+async def test_timeout_fails_the_attempt(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+
+        async def hang(job: Job) -> None:
+            await anyio.sleep_forever()
+
+        job = await queue.add("hang", timeout=0.05)
+        async with open_worker("q", hang, store=fx.store, **FAST):
+            with pytest.raises(JobFailedError, match="timed out"):
+                await job.wait_until_finished(timeout=10)
+
+
+async def test_sync_processor_runs_in_a_thread(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        main_thread = threading.get_ident()
+
+        def blocking(job: Job) -> dict[str, Any]:
+            return {"thread_differs": threading.get_ident() != main_thread, "n": job.data}
+
+        job = await queue.add("sync", 7)
+        async with open_worker("q", blocking, store=fx.store, **FAST):
+            assert await job.wait_until_finished(timeout=10) == {"thread_differs": True, "n": 7}
+
+
+async def test_concurrency_limits_running_jobs(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        release = anyio.Event()
+        running = 0
+        peak = 0
+        three_running = anyio.Event()
+
+        async def slow(job: Job) -> None:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            if running == 3:
+                three_running.set()
+            await release.wait()
+            running -= 1
+
+        jobs = [await queue.add("slow", i) for i in range(6)]
+        async with open_worker("q", slow, store=fx.store, concurrency=3, **FAST):
+            with anyio.fail_after(10):
+                await three_running.wait()
+            assert await queue.count(JobState.WAITING) == 3
+            release.set()
+            for job in jobs:
+                await job.wait_until_finished(timeout=10)
+        assert peak == 3
+
+
+async def test_no_task_outlives_the_worker(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        started = anyio.Event()
+        cleaned_up = False
+
+        async def forever(job: Job) -> None:
+            nonlocal cleaned_up
+            started.set()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                cleaned_up = True
+
+        job = await queue.add("forever")
+        before = len(anyio.get_running_tasks())
+        async with open_worker("q", forever, store=fx.store, shutdown_timeout=0.05, **FAST):
+            with anyio.fail_after(10):
+                await started.wait()
+        assert len(anyio.get_running_tasks()) == before
+        assert cleaned_up
+        released = await job.refresh()
+        assert (released.state, released.attempts_made) == (JobState.WAITING, 0)
+
+
+async def test_a_result_returned_at_shutdown_is_recorded(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        returned = anyio.Event()
+
+        async def quick(job: Job) -> str:
+            returned.set()
+            return "kept"
+
+        job = await queue.add("quick")
+        async with open_worker("q", quick, store=fx.store, shutdown_timeout=0, **FAST):
+            with anyio.fail_after(10):
+                await returned.wait()
+        assert (await job.refresh()).returnvalue == "kept"
+
+
+async def test_graceful_shutdown_waits_for_running_jobs(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        started = anyio.Event()
+        finish = anyio.Event()
+
+        async def slow(job: Job) -> str:
+            started.set()
+            await finish.wait()
+            return "finished"
+
+        job = await queue.add("slow")
+        async with anyio.create_task_group() as tg, open_worker("q", slow, store=fx.store, **FAST):
+            with anyio.fail_after(10):
+                await started.wait()
+            tg.start_soon(_set_soon, finish)  # runs while the worker is shutting down
+        assert (await job.refresh()).returnvalue == "finished"
+
+
+async def _set_soon(event: anyio.Event) -> None:
+    await anyio.lowlevel.checkpoint()
+    event.set()
+
+
+async def test_lost_lock_cannot_overwrite_the_new_owner(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        started = anyio.Event()
+        proceed = anyio.Event()
+
+        async def slow(job: Job) -> str:
+            started.set()
+            await proceed.wait()
+            return "stale result"
+
+        job = await queue.add("slow")
+        errors: list[StoreEvent] = []
+        reported = anyio.Event()
+
+        def on_error(event: StoreEvent) -> None:
+            errors.append(event)
+            reported.set()
+
+        async with open_worker(
+            "q", slow, store=fx.store, lock_duration=30, stalled_interval=3600, poll_interval=3600
+        ) as worker:
+            worker.events.on("error", on_error)
+            with anyio.fail_after(10):
+                await started.wait()
+            await fx.advance(31)  # the lock expires; another worker takes the job over
+            await fx.store.recover_stalled_jobs("q", 5)
+            [taken] = await fx.store.fetch_next_jobs("q", "other-worker", 30, 1)
+            assert taken.id == job.id
+            await fx.store.finish_jobs([conveyor.JobOutcome.completed(taken, "fresh result")])
+            proceed.set()
+            with anyio.fail_after(10):
+                await reported.wait()
+        assert (await job.refresh()).returnvalue == "fresh result"
+        assert "lock lost" in errors[0].data["message"]
+
+
+async def test_cancel_a_running_job(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        started = anyio.Event()
+
+        async def forever(job: Job) -> None:
+            started.set()
+            await anyio.sleep_forever()
+
+        job = await queue.add("forever", attempts=3)
+        async with open_worker("q", forever, store=fx.store, lock_duration=0.2, **FAST):
+            with anyio.fail_after(10):
+                await started.wait()
+            await job.cancel()
+            with pytest.raises(JobCancelledError):
+                await job.wait_until_finished(timeout=10)
+        assert (await job.refresh()).attempts_made == 1
+
+
+async def test_cancel_a_waiting_job(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        job = await Queue("q", store=fx.store).add("later", delay=60)
+        await job.cancel()
+        with pytest.raises(JobCancelledError):
+            await job.wait_until_finished(timeout=10)
+
+
+async def test_a_raising_callback_does_not_stop_the_worker(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+
+        def broken(event: StoreEvent) -> None:
+            raise RuntimeError("callback bug")
+
+        async def work(job: Job) -> int:
+            return int(job.data)
+
+        errors: list[StoreEvent] = []
+        async with open_worker("q", work, store=fx.store, **FAST) as worker:
+            worker.events.on("completed", broken)
+            worker.events.on("error", errors.append)
+            first = await queue.add("n", 1)
+            assert await first.wait_until_finished(timeout=10) == 1
+            second = await queue.add("n", 2)
+            assert await second.wait_until_finished(timeout=10) == 2
+        assert errors
+        assert "callback bug" in errors[0].data["message"]
+
+
+async def test_pause_and_resume(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        await queue.pause()
+        assert await queue.is_paused()
+        job = await queue.add("x", 1)
+
+        async def work(job: Job) -> int:
+            return int(job.data)
+
+        async with open_worker("q", work, store=fx.store, **FAST):
+            with pytest.raises(TimeoutError):
+                await job.wait_until_finished(timeout=0.2)
+            await queue.resume()
+            assert await job.wait_until_finished(timeout=10) == 1
+
+
+async def test_delayed_job_runs_when_due(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        job = await queue.add("later", "v", delay="10s")
+        assert job.state is JobState.DELAYED
+
+        async def work(job: Job) -> Any:
+            return job.data
+
+        async with open_worker("q", work, store=fx.store, **FAST):
+            await fx.advance(10)
+            assert await job.wait_until_finished(timeout=10) == "v"
+
+
+async def test_stalled_job_is_recovered_and_run(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        job = await queue.add("orphan", "x")
+        [claimed] = await fx.store.fetch_next_jobs("q", "dead-worker", 1, 1)
+        await fx.advance(2)
+        stalled = anyio.Event()
+
+        async def work(job: Job) -> Any:
+            return job.data
+
+        async with open_worker("q", work, store=fx.store, **FAST) as worker:
+            worker.events.on("stalled", lambda event: stalled.set())
+            assert await job.wait_until_finished(timeout=10) == "x"
+        assert stalled.is_set()
+        assert claimed.id == job.id
+
+
+async def test_queue_events_carry_store_events(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        async with queue.events.subscribe("waiting", "completed") as events:
+            job = await queue.add("x", 1)
+
+            async def work(job: Job) -> int:
+                return 2
+
+            async with open_worker("q", work, store=fx.store, **FAST):
+                with anyio.fail_after(10):
+                    seen = [(await anext(events)).type, (await anext(events)).type]
+        assert seen == ["waiting", "completed"]
+        assert job.id
+
+
+async def _noop(job: Job) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "argument"),
+    [
+        ({"concurrency": 0}, InvalidArgumentError, "concurrency"),
+        ({"concurrency": 1.5}, ArgumentTypeError, "concurrency"),
+        ({"lock_duration": -1}, InvalidArgumentError, "lock_duration"),
+        ({"max_stalled_count": -1}, InvalidArgumentError, "max_stalled_count"),
+        ({"max_global_concurrency": 0}, InvalidArgumentError, "max_global_concurrency"),
+        ({"limiter": (5, 1)}, ArgumentTypeError, "limiter"),
+        ({"shutdown_timeout": "whenever"}, InvalidArgumentError, "shutdown_timeout"),
+        ({"job_name": ""}, InvalidArgumentError, "job_name"),
+    ],
+)
+async def test_bad_worker_arguments(
+    store_factory: StoreFactoryT, kwargs: dict[str, Any], error: type[Exception], argument: str
+) -> None:
+    async with store_factory() as fx:
+        with pytest.raises(error) as info:
+            async with open_worker("q", _noop, store=fx.store, **kwargs):
+                pass
+        assert getattr(info.value, "argument", None) == argument
+
+
+async def test_bad_processor_and_queue_input(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        with pytest.raises(ArgumentTypeError) as info:
+            async with open_worker("q", "not callable", store=fx.store):  # type: ignore[arg-type]
+                pass
+        assert info.value.argument == "processor"
+        queue = Queue("q", store=fx.store)
+        with pytest.raises(ArgumentTypeError) as info:
+            await queue.add("x", colour="red")  # type: ignore[call-arg]
+        assert info.value.argument == "colour"
+        with pytest.raises(InvalidArgumentError) as bad:
+            await queue.add("x", attempts=0)
+        assert bad.value.argument == "attempts"
+        with pytest.raises(InvalidArgumentError) as bad:
+            await queue.add("x", {"when": {1, 2}})
+        assert bad.value.argument == "data.when"
+        with pytest.raises(InvalidArgumentError) as bad:
+            await queue.add("x", repeat=conveyor.Repeat(every=5))
+        assert bad.value.argument == "repeat"
+        assert await queue.get_job_counts() == dict.fromkeys(JobState, 0)
+
+
+async def test_queue_management(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        jobs = await queue.add_bulk(
+            [("a", 1, {}), ("b", 2, {"priority": -1}), ("c", 3, {"delay": 5})]
+        )
+        assert [j.name for j in await queue.get_jobs("waiting")] == ["b", "a"]
+        assert await queue.promote_jobs() == 1
+        dup = await queue.add("d", 4, deduplication=conveyor.Deduplication("k"))
+        again = await queue.add("d", 5, deduplication=conveyor.Deduplication("k"))
+        assert again.id == dup.id
+        content = await queue.add("e", {"x": 1}, deduplication=conveyor.Deduplication())
+        same = await queue.add("e", {"x": 1}, deduplication=conveyor.Deduplication())
+        assert same.id == content.id
+        await jobs[0].change_priority(-5)
+        assert (await queue.get_jobs("waiting", 0, 0))[0].id == jobs[0].id
+        assert await queue.drain() == 5
+        assert await queue.count("waiting") == 0
