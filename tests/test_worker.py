@@ -424,8 +424,14 @@ async def test_bad_processor_and_queue_input(store_factory: StoreFactoryT) -> No
             await queue.add("x", {"when": {1, 2}})
         assert bad.value.argument == "data.when"
         with pytest.raises(InvalidArgumentError) as bad:
-            await queue.add("x", repeat=conveyor.Repeat(every=5))
-        assert bad.value.argument == "repeat"
+            await queue.cron("every tuesday", "x")
+        assert bad.value.argument == "repeat.cron"
+        with pytest.raises(InvalidArgumentError) as bad:
+            await queue.cron("0 9 * * *", "x", tz="Mars/Olympus")
+        assert bad.value.argument == "repeat.tz"
+        with pytest.raises(InvalidArgumentError) as bad:
+            await queue.every(0, "x")
+        assert bad.value.argument == "repeat.every"
         assert await queue.get_job_counts() == dict.fromkeys(JobState, 0)
 
 

@@ -6,6 +6,9 @@ scheme through the ``conveyor.stores`` entry points.
 """
 
 from ._events import EventBus as EventBus
+from ._flow import FlowJob as FlowJob
+from ._flow import FlowProducer as FlowProducer
+from ._flow import FlowResult as FlowResult
 from ._job import Job as Job
 from ._open_store import available_stores as available_stores
 from ._open_store import open_store as open_store
@@ -39,6 +42,7 @@ from .store import JobState as JobState
 from .store import Limiter as Limiter
 from .store import LockStatus as LockStatus
 from .store import Repeat as Repeat
+from .store import RepeatRun as RepeatRun
 from .store import SerializationError as SerializationError
 from .store import Store as Store
 from .store import StoreError as StoreError

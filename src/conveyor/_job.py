@@ -21,6 +21,7 @@ from .store import (
     JobOptions,
     JobState,
     JsonValue,
+    RepeatRun,
     Store,
     StoreEvent,
     check_int,
@@ -143,6 +144,11 @@ class Job:
     @property
     def attempt_logs(self) -> list[AttemptRecord]:
         return list(self._data.attempt_logs)
+
+    @property
+    def repeat_run(self) -> RepeatRun | None:
+        """For a run of a repeating job: its schedule key, run number and due time."""
+        return self._data.repeat_run
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import attrs
 
 from ._events import EventBus
 from ._job import Job
+from ._schedules import first_run, repeat_key, run_record, save_run
 from .store import (
     ALL_JOB_NAMES,
     ArgumentTypeError,
@@ -65,10 +66,6 @@ def make_options(base: JobOptions, options: Mapping[str, Any]) -> JobOptions:
     if unknown:
         known = ", ".join(sorted(_OPTION_NAMES))
         raise ArgumentTypeError(unknown[0], f"unknown job option (known: {known})")
-    if options.get("repeat") is not None:
-        raise InvalidArgumentError(
-            "repeat", "repeating jobs are not available yet: the scheduler is still being built"
-        )
     return attrs.evolve(base, **options)
 
 
@@ -146,9 +143,65 @@ class Queue:
         :raises GroupFullError: the job's group is full.
         :raises DuplicateJobError: ``job_id`` is taken in this queue.
         """
-        job = build_job(self.name, name, data, make_options(self.default_job_options, options))
+        return await self._add(name, data, options)
+
+    async def _add(self, name: str, data: JsonValue, options: Mapping[str, Any]) -> Job:
+        opts = make_options(self.default_job_options, options)
+        job = build_job(self.name, name, data, opts)
+        if opts.repeat is not None:
+            return await self._add_schedule(job)
         job_id = await self.store.save_job(job)
         return await self._read(job_id)
+
+    async def _add_schedule(self, job: JobData) -> Job:
+        repeat = job.opts.repeat
+        assert repeat is not None
+        at = first_run(repeat, await self.store.now())
+        if at is None:
+            raise InvalidArgumentError("repeat", "the schedule has no run left (end or limit)")
+        key = repeat_key(job.name, job.data, job.opts)
+        return await self._read(await save_run(self.store, run_record(job, key, 1, at)))
+
+    async def schedule(
+        self,
+        delay: Duration,
+        name: str,
+        data: JsonValue = None,
+        /,
+        **options: Unpack[JobOptionsDict],
+    ) -> Job:
+        """Add a job that runs ``delay`` from now (by the store's clock)."""
+        return await self._add(name, data, {**options, "delay": delay})
+
+    async def now(
+        self, name: str, data: JsonValue = None, **options: Unpack[JobOptionsDict]
+    ) -> Job:
+        """Add a job that runs as soon as a worker is free."""
+        return await self._add(name, data, {**options, "delay": 0})
+
+    async def every(
+        self,
+        interval: Duration,
+        name: str,
+        data: JsonValue = None,
+        **options: Unpack[JobOptionsDict],
+    ) -> Job:
+        """Run a job every ``interval``; return its first run. Runs fall on multiples of the
+        interval, so every producer adding the same schedule adds the same runs."""
+        return await self._add(name, data, {**options, "repeat": Repeat(every=interval)})
+
+    async def cron(
+        self,
+        expr: str,
+        name: str,
+        data: JsonValue = None,
+        *,
+        tz: str | None = None,
+        **options: Unpack[JobOptionsDict],
+    ) -> Job:
+        """Run a job on a cron schedule (``tz``: the IANA time zone it is read in, default
+        UTC); return its first run."""
+        return await self._add(name, data, {**options, "repeat": Repeat(cron=expr, tz=tz)})
 
     async def add_bulk(self, jobs: Sequence[tuple[str, JsonValue, JobOptionsDict]]) -> list[Job]:
         """Add many jobs in one transaction: ``[(name, data, {options}), ...]``."""

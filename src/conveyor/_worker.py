@@ -43,6 +43,7 @@ from anyio.abc import TaskStatus
 
 from ._events import EventBus
 from ._job import Job
+from ._schedules import next_run, run_record, save_run
 from .store import (
     ArgumentTypeError,
     Backoff,
@@ -232,6 +233,8 @@ class Worker:
         self._emit(EventType.ACTIVE, job.id, name=job.name)
         try:
             with entry.scope:
+                if job.opts.repeat is not None and job._data.repeat_run is not None:
+                    await self._schedule_next(job)
                 with anyio.fail_after(job.opts.timeout):
                     result = await self._call(job)
                 value = check_json(result, "returnvalue")
@@ -249,6 +252,18 @@ class Worker:
                 await self._record(entry, outcome)
             del self._running[job.id]
             self._wake()
+
+    async def _schedule_next(self, job: Job) -> None:
+        """Add the run after this one, before this one starts (see ``_schedules``)."""
+        repeat, run = job.opts.repeat, job._data.repeat_run
+        assert repeat is not None
+        assert run is not None
+        try:
+            at = next_run(repeat, run, await self._store.now())
+            if at is not None:
+                await save_run(self._store, run_record(job._data, run.key, run.count + 1, at))
+        except Exception as exc:
+            self._emit(EventType.ERROR, job.id, message=f"scheduling the next run failed: {exc}")
 
     async def _call(self, job: Job) -> Any:
         if self._is_async:

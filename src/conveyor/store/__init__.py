@@ -43,6 +43,7 @@ from ._models import Limiter as Limiter
 from ._models import LockStatus as LockStatus
 from ._models import OutcomeKind as OutcomeKind
 from ._models import Repeat as Repeat
+from ._models import RepeatRun as RepeatRun
 from ._models import StoreEvent as StoreEvent
 from ._models import check_int as check_int
 from ._models import check_job_name as check_job_name

@@ -42,6 +42,7 @@ __all__ = [
     "LockStatus",
     "OutcomeKind",
     "Repeat",
+    "RepeatRun",
     "StoreEvent",
     "TERMINAL_STATES",
 ]
@@ -522,6 +523,20 @@ class AttemptRecord:
     error: str | None = None
 
 
+@attrs.frozen
+class RepeatRun:
+    """Which run of a repeating job this job is.
+
+    Runs sit on a fixed grid (cron fire times, or multiples of ``every``), and a run's job id is
+    derived from ``key`` and ``at``, so each grid point is created once however many producers
+    and workers schedule it.
+    """
+
+    key: str
+    count: int
+    at: datetime
+
+
 @attrs.define(eq=True)
 class JobData:
     """The stored record of one job.
@@ -563,6 +578,7 @@ class JobData:
     """Return values of completed children, keyed ``"<queue_name>:<job_id>"``."""
     deduplication_key: str | None = None
     deduplication_until: datetime | None = None
+    repeat_run: RepeatRun | None = None
 
     @property
     def group_id(self) -> str | None:

@@ -23,6 +23,7 @@ from ._models import (
     JobOutcome,
     JobState,
     OutcomeKind,
+    RepeatRun,
     StoreEvent,
     check_int,
     check_job_name,
@@ -67,6 +68,8 @@ def validate_new_job(job: object, argument: str = "job") -> JobData:
     delay_until = None if job.delay_until is None else to_utc(job.delay_until, "delay_until")
     if job.deduplication_key is not None:
         check_name(job.deduplication_key, f"{argument}.deduplication_key")
+    if job.repeat_run is not None and not isinstance(job.repeat_run, RepeatRun):
+        raise ArgumentTypeError(f"{argument}.repeat_run", "expected RepeatRun")
     if (job.parent_id is None) != (job.parent_queue_name is None):
         raise InvalidArgumentError(
             f"{argument}.parent_id", "parent_id and parent_queue_name go together"
@@ -84,6 +87,7 @@ def validate_new_job(job: object, argument: str = "job") -> JobData:
         parent_id=job.parent_id,
         parent_queue_name=job.parent_queue_name,
         deduplication_key=job.deduplication_key,
+        repeat_run=job.repeat_run,
     )
 
 
