@@ -28,6 +28,7 @@ from conveyor import (
     JobState,
     Limiter,
     Repeat,
+    RepeatRun,
     SerializationError,
     StoreEvent,
 )
@@ -109,6 +110,7 @@ jobs = st.builds(
     pending_children=st.integers(0, 10),
     children_values=st.dictionaries(st.text(), json_values, max_size=3),
     deduplication_key=st.none() | names, deduplication_until=st.none() | stamps,
+    repeat_run=st.none() | st.builds(RepeatRun, names, st.integers(1, 10**6), stamps),
 )  # fmt: skip
 limiters = st.builds(Limiter, st.integers(1, 10_000), positive)
 fetch_options = st.builds(

@@ -4,6 +4,7 @@ backends. Waiting is on events with generous ``fail_after`` bounds, never on sle
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -24,7 +25,7 @@ from conveyor import (
     open_worker,
 )
 
-from .conftest import StoreFactoryT
+from .conftest import START, StoreFactoryT
 
 pytestmark = pytest.mark.anyio
 
@@ -453,3 +454,98 @@ async def test_queue_management(store_factory: StoreFactoryT) -> None:
         assert (await queue.get_jobs("waiting", 0, 0))[0].id == jobs[0].id
         assert await queue.drain() == 5
         assert await queue.count("waiting") == 0
+
+
+async def test_processor_moves_its_job_to_delayed_or_failed(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        runs: list[str] = []
+
+        async def process(job: Job) -> str:
+            runs.append(job.name)
+            if job.name == "later" and len(runs) == 1:
+                await job.move_to_delayed("1 minute")
+                return "ignored"
+            if job.name == "give-up":
+                await job.move_to_failed("not worth retrying")
+            return "done"
+
+        later = await queue.add("later", attempts=1)
+        async with open_worker("q", process, store=fx.store, **FAST):
+            await wait_for_state(later, JobState.DELAYED)
+            assert later.attempts_made == 0
+            await fx.advance(60)
+            assert await later.wait_until_finished(timeout=10) == "done"
+            give_up = await queue.add("give-up", attempts=5)
+            with pytest.raises(JobFailedError, match="not worth retrying"):
+                await give_up.wait_until_finished(timeout=10)
+        with pytest.raises(conveyor.InvalidJobStateError):
+            await later.move_to_delayed(5)
+
+
+async def test_observe_follows_a_job_to_the_end(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        job = await queue.add("watched")
+
+        async def work(job: Job) -> str:
+            await job.update_progress(50)
+            return "ok"
+
+        seen: list[tuple[JobState, Any]] = []
+        async with open_worker("q", work, store=fx.store, **FAST):
+            with anyio.fail_after(10):
+                async for record in job.observe():
+                    seen.append((record.state, record.progress))
+        assert seen[0] == (JobState.WAITING, 0)
+        assert seen[-1] == (JobState.COMPLETED, 50)
+
+
+async def test_job_methods_for_producers(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        job = await queue.add("x", {"v": 1}, delay=60)
+        await job.update_data({"v": 2})
+        await job.log("one")
+        await job.clear_logs()
+        assert (job.data, job.logs) == ({"v": 2}, [])
+        await job.change_delay(120)
+        assert job.delay_until == datetime.fromtimestamp(START + 120, UTC)
+        await job.promote()
+        assert job.state is JobState.WAITING
+        with pytest.raises(conveyor.InvalidJobStateError):
+            await job.promote()
+        [claimed] = await fx.store.fetch_next_jobs("q", "w", 30, 1)
+        await fx.store.finish_jobs([conveyor.JobOutcome.failed(claimed, "x")])
+        await job.retry()
+        assert (job.state, job.attempts_made, job.failed_reason) == (JobState.WAITING, 0, None)
+        await job.remove()
+        with pytest.raises(conveyor.JobNotFoundError):
+            await job.refresh()
+        assert await queue.get_job(job.id) is None
+
+
+async def test_get_dependencies(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        result = await conveyor.FlowProducer(store=fx.store).add(
+            conveyor.FlowJob("parent", "q", children=[
+                conveyor.FlowJob("ok", "kids", 1),
+                conveyor.FlowJob("bad", "kids", opts={"fail_parent_on_child_failure": "ignore"}),
+                conveyor.FlowJob("later", "kids", opts={"delay": 60}),
+            ])
+        )  # fmt: skip
+        ok, bad, later = (child.job for child in result.children)
+
+        async def work(job: Job) -> Any:
+            if job.name == "bad":
+                raise RuntimeError("no")
+            return job.data
+
+        async with open_worker("kids", work, store=fx.store, **FAST):
+            await ok.wait_until_finished(timeout=10)
+            with pytest.raises(JobFailedError):
+                await bad.wait_until_finished(timeout=10)
+        deps = await result.job.get_dependencies()
+        assert deps.processed == {f"kids:{ok.id}": 1}
+        assert deps.failed == [f"kids:{bad.id}"]
+        assert deps.pending == [f"kids:{later.id}"]

@@ -9,6 +9,7 @@ from ._events import EventBus as EventBus
 from ._flow import FlowJob as FlowJob
 from ._flow import FlowProducer as FlowProducer
 from ._flow import FlowResult as FlowResult
+from ._job import Dependencies as Dependencies
 from ._job import Job as Job
 from ._open_store import available_stores as available_stores
 from ._open_store import open_store as open_store

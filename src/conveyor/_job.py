@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ import attrs
 
 from .store import (
     TERMINAL_STATES,
+    ArgumentTypeError,
     AttemptRecord,
     Duration,
     InvalidJobStateError,
@@ -19,6 +21,7 @@ from .store import (
     JobFailedError,
     JobNotFoundError,
     JobOptions,
+    JobOutcome,
     JobState,
     JsonValue,
     RepeatRun,
@@ -32,7 +35,18 @@ from .store import (
 if TYPE_CHECKING:
     from ._worker import Worker
 
-__all__ = ["Job"]
+__all__ = ["Dependencies", "Job"]
+
+
+@attrs.frozen
+class Dependencies:
+    """A parent's children: ``processed`` values by ``"<queue>:<id>"``, and the keys of the
+    children still ``pending`` and of those that ``failed``."""
+
+    processed: dict[str, JsonValue]
+    pending: list[str]
+    failed: list[str]
+
 
 _FALLBACK_POLL = 1.0
 """How often ``wait_until_finished`` re-reads the job in case an event was missed (seconds)."""
@@ -49,6 +63,7 @@ class Job:
         self._data = data
         self._store = store
         self._worker = worker
+        self._settled = False
 
     def __repr__(self) -> str:
         return f"<Job {self.queue_name}:{self.id} {self.name!r} {self.state.value}>"
@@ -263,7 +278,78 @@ class Job:
             raise JobNotFoundError(self.queue_name, self.id)
         self._data = data
 
+    async def get_dependencies(self) -> Dependencies:
+        """Where this job's children stand: values of the completed ones, keys of the rest."""
+        await self.refresh()
+        pending: list[str] = []
+        failed: list[str] = []
+        for child in await self._store.get_children_jobs(self.queue_name, self.id):
+            key = f"{child.queue_name}:{child.id}"
+            if child.state is JobState.FAILED:
+                failed.append(key)
+            elif child.state is not JobState.COMPLETED:
+                pending.append(key)
+        return Dependencies(dict(self._data.children_values), pending, failed)
+
+    # -- ending a run from the processor -----------------------------------------------------
+
+    async def move_to_delayed(self, delay: Duration) -> None:
+        """From the processor: end this run without using an attempt; the job runs again
+        ``delay`` from now. Return from the processor afterwards; its result is ignored."""
+        seconds = parse_duration(delay, "delay")
+        await self._settle(JobOutcome.delay_job(self._claimed(), seconds))
+
+    async def move_to_failed(self, reason: str) -> None:
+        """From the processor: fail the job now, with no further attempt. Return afterwards."""
+        if not isinstance(reason, str):
+            raise ArgumentTypeError("reason", f"expected str, got {type(reason).__name__}")
+        await self._settle(JobOutcome.failed(self._claimed(), reason))
+
+    def _claimed(self) -> JobData:
+        if self._worker is None or self._data.lock_token is None:
+            raise InvalidJobStateError("only the processor running this job can end its run")
+        if self._settled:
+            raise InvalidJobStateError("this run was already ended")
+        return self._data
+
+    async def _settle(self, outcome: JobOutcome) -> None:
+        [applied] = await self._store.finish_jobs([outcome])
+        if not applied:
+            raise InvalidJobStateError(f"job {self.id!r}: this worker no longer holds its lock")
+        self._settled = True
+
     # -- waiting -------------------------------------------------------------------------------
+
+    async def observe(self) -> AsyncIterator[JobData]:
+        """Yield the job's record now and after each change, until it completes or fails.
+
+        ::
+
+            async for record in job.observe():
+                print(record.state, record.progress)
+        """
+        send, receive = anyio.create_memory_object_stream[StoreEvent](math.inf)
+
+        def on_event(event: StoreEvent) -> None:
+            if event.job_id == self.id:
+                send.send_nowait(event)
+
+        self._store.subscribe(self.queue_name, on_event)
+        try:
+            last = None
+            while True:
+                await self.refresh()
+                if self._data != last:
+                    last = self._data.copy()
+                    yield last
+                if self.state in TERMINAL_STATES:
+                    return
+                with anyio.move_on_after(_FALLBACK_POLL):
+                    await receive.receive()
+        finally:
+            self._store.unsubscribe(self.queue_name, on_event)
+            send.close()
+            receive.close()
 
     async def wait_until_finished(self, timeout: Duration | None = None) -> JsonValue:  # noqa: ASYNC109 - DESIGN.md names it
         """Wait until the job completes and return its value.

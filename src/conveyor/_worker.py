@@ -304,6 +304,8 @@ class Worker:
 
     async def _record(self, entry: _Running, outcome: JobOutcome | None) -> None:
         job = entry.job
+        if job._settled:  # the processor ended the run itself (move_to_delayed / _failed)
+            return
         try:
             if outcome is None:
                 if entry.stop is _Stop.SHUTDOWN:
