@@ -549,3 +549,63 @@ async def test_get_dependencies(store_factory: StoreFactoryT) -> None:
         assert deps.processed == {f"kids:{ok.id}": 1}
         assert deps.failed == [f"kids:{bad.id}"]
         assert deps.pending == [f"kids:{later.id}"]
+
+
+async def test_batches_with_per_job_results(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        sizes: list[int] = []
+
+        async def process(jobs: list[Job]) -> list[conveyor.BatchResult]:
+            sizes.append(len(jobs))
+            return [
+                conveyor.BatchResult.failed(ValueError("odd"))
+                if job.data % 2 and job.attempts_made == 0
+                else conveyor.BatchResult.ok(job.data * 10)
+                for job in jobs
+            ]
+
+        jobs = [await queue.add("n", i, attempts=2) for i in range(7)]
+        async with open_worker("q", process, store=fx.store, batch=conveyor.Batch(3), **FAST):
+            values = [await job.wait_until_finished(timeout=10) for job in jobs]
+        assert values == [i * 10 for i in range(7)]
+        assert max(sizes) == 3
+        assert sum(sizes) == 7 + 3, "the three odd jobs ran twice"
+        retried = await jobs[1].refresh()
+        assert [r.outcome for r in retried.attempt_logs] == ["retry", "completed"]
+
+
+async def test_batch_waits_to_fill(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        sizes: list[int] = []
+
+        async def process(jobs: list[Job]) -> None:
+            sizes.append(len(jobs))
+
+        first = await queue.add("n", 0)
+        batch = conveyor.Batch(3, wait="30s")
+        async with open_worker("q", process, store=fx.store, batch=batch, **FAST):
+            rest = [await queue.add("n", i) for i in (1, 2)]
+            for job in (first, *rest):
+                assert await job.wait_until_finished(timeout=10) is None
+        assert sizes == [3]
+
+
+async def test_a_failing_batch_fails_every_job_in_it(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+
+        async def broken(jobs: list[Job]) -> Any:
+            if jobs[0].name == "wrong":
+                return ["not", "results"]
+            raise RuntimeError("batch exploded")
+
+        jobs = [await queue.add("n", i) for i in range(2)]
+        async with open_worker("q", broken, store=fx.store, batch=conveyor.Batch(5), **FAST):
+            for job in jobs:
+                with pytest.raises(JobFailedError, match="batch exploded"):
+                    await job.wait_until_finished(timeout=10)
+            wrong = await queue.add("wrong")
+            with pytest.raises(JobFailedError, match="batch result"):
+                await wrong.wait_until_finished(timeout=10)

@@ -15,6 +15,8 @@ from ._open_store import available_stores as available_stores
 from ._open_store import open_store as open_store
 from ._open_store import store_from_url as store_from_url
 from ._queue import Queue as Queue
+from ._worker import Batch as Batch
+from ._worker import BatchResult as BatchResult
 from ._worker import GroupLimits as GroupLimits
 from ._worker import Worker as Worker
 from ._worker import open_worker as open_worker

@@ -33,7 +33,7 @@ import logging
 import math
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -53,9 +53,11 @@ from .store import (
     FetchOptions,
     JobData,
     JobOutcome,
+    JsonValue,
     Limiter,
     LockStatus,
     OutcomeKind,
+    SerializationError,
     Store,
     StoreEvent,
     check_int,
@@ -65,12 +67,15 @@ from .store import (
     parse_duration,
 )
 
-__all__ = ["GroupLimits", "Processor", "Worker", "open_worker"]
+__all__ = ["Batch", "BatchResult", "GroupLimits", "Processor", "Worker", "open_worker"]
 
 log = logging.getLogger("conveyor.worker")
 
 Processor = Callable[[Job], Any]
 """``async def f(job) -> result``, or a plain ``def`` (run in a worker thread)."""
+
+BatchProcessor = Callable[[list[Job]], Any]
+"""With ``batch=``: ``async def f(jobs) -> list[BatchResult] | None`` (or a plain ``def``)."""
 
 _WRITE_TIMEOUT = 30.0
 """How long a shielded outcome write may take before the worker gives up on it (seconds)."""
@@ -94,23 +99,80 @@ class GroupLimits:
             raise ArgumentTypeError("group.limiter", "expected a Limiter")
 
 
+def _batch_wait(value: Duration | None) -> float | None:
+    return None if value is None else parse_duration(value, "batch.wait")
+
+
 class _Stop(enum.Enum):
     SHUTDOWN = "worker shutting down"
     LOCK_LOST = "lock lost"
     CANCELLED = "cancelled"
 
 
-@attrs.define
+@attrs.define(eq=False)
 class _Running:
+    """A claimed job this worker holds: renewed by the lock renewer until its unit ends."""
+
     job: Job
     token: str
-    scope: anyio.CancelScope
+    unit: _Unit | None = None
     stop: _Stop | None = None
 
     def cancel(self, why: _Stop) -> None:
+        """Stop this job. A batch's scope is cancelled once every job in it is stopped (or at
+        shutdown); until then the batch goes on for the others."""
         if self.stop is None:
             self.stop = why
-        self.scope.cancel()
+        unit = self.unit
+        if unit is not None and (
+            why is _Stop.SHUTDOWN or all(entry.stop is not None for entry in unit.entries)
+        ):
+            unit.scope.cancel()
+
+
+@attrs.define(eq=False)
+class _Unit:
+    """What one task runs under one cancel scope: a job, or a batch of jobs."""
+
+    entries: list[_Running]
+    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+
+
+@attrs.frozen
+class Batch:
+    """Hand the processor jobs in batches: ``f(jobs: list[Job]) -> list[BatchResult] | None``.
+
+    :param size: at most this many jobs per call.
+    :param wait: how long to wait for a batch to fill before running it part-full
+        (``None``: run whatever is there at once).
+    """
+
+    size: int = attrs.field()
+    wait: float | None = attrs.field(default=None, converter=_batch_wait)
+
+    def __attrs_post_init__(self) -> None:
+        check_int(self.size, "batch.size", minimum=1)
+
+
+@attrs.frozen
+class BatchResult:
+    """The result of one job of a batch: ``BatchResult.ok(value)`` or ``.failed(error)``.
+
+    A failed job retries by its own ``attempts`` and ``backoff``; the others complete.
+    """
+
+    value: JsonValue = None
+    error: str | None = None
+
+    @classmethod
+    def ok(cls, value: JsonValue = None) -> BatchResult:
+        return cls(value)
+
+    @classmethod
+    def failed(cls, error: BaseException | str) -> BatchResult:
+        if isinstance(error, BaseException):
+            error = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        return cls(None, error)
 
 
 class Worker:
@@ -119,7 +181,7 @@ class Worker:
     def __init__(
         self,
         queue_name: str,
-        processor: Processor,
+        processor: Processor | BatchProcessor,
         store: Store,
         *,
         concurrency: int,
@@ -128,6 +190,7 @@ class Worker:
         max_stalled_count: int,
         fetch: FetchOptions,
         poll_interval: float,
+        batch: Batch | None = None,
     ) -> None:
         self.id = f"{queue_name}:{uuid.uuid4().hex[:12]}"
         self.queue_name = queue_name
@@ -143,6 +206,8 @@ class Worker:
         self._max_stalled_count = max_stalled_count
         self._fetch = fetch
         self._poll_interval = poll_interval
+        self._batch = batch
+        self._units = 0
         self._running: dict[str, _Running] = {}
         self._wakeup = anyio.Event()
         self._promoter_wakeup = anyio.Event()
@@ -187,25 +252,53 @@ class Worker:
 
     async def _run_fetcher(self, done: anyio.Event) -> None:
         try:
-            async with anyio.create_task_group() as jobs:
+            async with anyio.create_task_group() as units:
                 while not self._closing:
-                    free = self._concurrency - len(self._running)
-                    claimed: list[JobData] = []
-                    if free > 0 and not self._paused:
-                        claimed = await self._store.fetch_next_jobs(
-                            self.queue_name, self.id, self._lock_duration, free, self._fetch
-                        )
-                    for data in claimed:
-                        entry = _Running(Job(data, self._store, worker=self), data.lock_token or "",
-                                         anyio.CancelScope())  # fmt: skip
-                        self._running[data.id] = entry
-                        jobs.start_soon(self._run_job, entry, name=f"job {data.id}")
-                    if claimed and len(self._running) < self._concurrency:
-                        continue  # more may be waiting
-                    await self._sleep()
-                await self._drain(jobs)
+                    started = 0
+                    while self._units < self._concurrency and not self._paused:
+                        entries = await self._claim()
+                        if not entries:
+                            break
+                        unit = _Unit(entries)
+                        for entry in entries:
+                            entry.unit = unit
+                        self._units += 1
+                        started += 1
+                        units.start_soon(self._run_unit, unit, name=f"job {entries[0].job.id}")
+                    if started == 0 or self._units >= self._concurrency or self._paused:
+                        await self._sleep()
+                await self._drain()
         finally:
             done.set()
+
+    def _track(self, claimed: list[JobData]) -> list[_Running]:
+        entries = [_Running(Job(data, self._store, worker=self), data.lock_token or "")
+                   for data in claimed]  # fmt: skip
+        for entry in entries:
+            self._running[entry.job.id] = entry  # from now on, its lock is renewed
+        return entries
+
+    async def _claim(self) -> list[_Running]:
+        """Claim what one unit runs: one job, or a batch (waiting up to ``batch.wait`` for it
+        to fill)."""
+        limit = 1 if self._batch is None else self._batch.size
+        entries = self._track(
+            await self._store.fetch_next_jobs(
+                self.queue_name, self.id, self._lock_duration, limit, self._fetch
+            )
+        )
+        if self._batch is None or self._batch.wait is None or not entries:
+            return entries
+        with anyio.move_on_after(self._batch.wait):
+            while len(entries) < limit and not self._closing:
+                await self._sleep()
+                entries += self._track(
+                    await self._store.fetch_next_jobs(
+                        self.queue_name, self.id, self._lock_duration, limit - len(entries),
+                        self._fetch,
+                    )
+                )  # fmt: skip
+        return entries
 
     async def _sleep(self) -> None:
         timeout = self._poll_interval
@@ -215,7 +308,7 @@ class Worker:
             await self._wakeup.wait()
         self._wakeup = anyio.Event()
 
-    async def _drain(self, jobs: anyio.abc.TaskGroup) -> None:
+    async def _drain(self) -> None:
         """Give running jobs their grace, then cancel the rest (their locks are released)."""
         if self._running and self._grace != 0:
             with anyio.move_on_after(math.inf if self._grace is None else self._grace):
@@ -223,35 +316,60 @@ class Worker:
                     await self._sleep()
         for entry in list(self._running.values()):
             entry.cancel(_Stop.SHUTDOWN)
-        del jobs
 
-    # -- one job --------------------------------------------------------------------------------
+    # -- one unit: a job, or a batch --------------------------------------------------------------
 
-    async def _run_job(self, entry: _Running) -> None:
-        job = entry.job
-        outcome: JobOutcome | None = None
-        self._emit(EventType.ACTIVE, job.id, name=job.name)
+    async def _run_unit(self, unit: _Unit) -> None:
+        outcomes: list[JobOutcome | None] | None = None
         try:
-            with entry.scope:
-                if job.opts.repeat is not None and job._data.repeat_run is not None:
-                    await self._schedule_next(job)
-                with anyio.fail_after(job.opts.timeout):
-                    result = await self._call(job)
-                value = check_json(result, "returnvalue")
-                outcome = JobOutcome.completed(job._data, value)
-            if entry.scope.cancelled_caught and outcome is None:
-                outcome = self._stopped(entry)
-        except TimeoutError:
-            outcome = await self._failure(job, TimeoutError(f"timed out after {job.opts.timeout}s"))
-        except Exception as exc:
-            outcome = await self._failure(job, exc)
+            with unit.scope:
+                outcomes = await self._process(unit)
+        except Exception as exc:  # the processor raised or timed out
+            outcomes = [await self._failure(entry.job, exc) for entry in unit.entries]
         finally:
-            if outcome is None and entry.stop is None:
-                entry.stop = _Stop.SHUTDOWN  # cancelled from outside: give the job back
             with anyio.CancelScope(shield=True), anyio.move_on_after(_WRITE_TIMEOUT):
-                await self._record(entry, outcome)
-            del self._running[job.id]
+                await self._record(unit, outcomes)
+            for entry in unit.entries:
+                self._running.pop(entry.job.id, None)
+            self._units -= 1
             self._wake()
+
+    async def _process(self, unit: _Unit) -> list[JobOutcome | None]:
+        jobs = [entry.job for entry in unit.entries]
+        for job in jobs:
+            self._emit(EventType.ACTIVE, job.id, name=job.name)
+            if job.opts.repeat is not None and job._data.repeat_run is not None:
+                await self._schedule_next(job)
+        timeouts = [job.opts.timeout for job in jobs if job.opts.timeout is not None]
+        limit = min(timeouts) if timeouts else None
+        try:
+            with anyio.fail_after(limit):
+                raw = await self._call(jobs if self._batch is not None else jobs[0])
+        except TimeoutError as exc:
+            raise TimeoutError(f"timed out after {limit}s") from exc
+        if self._batch is None:
+            return [JobOutcome.completed(jobs[0]._data, check_json(raw, "returnvalue"))]
+        return await self._batch_outcomes(jobs, raw)
+
+    async def _batch_outcomes(self, jobs: list[Job], raw: Any) -> list[JobOutcome | None]:
+        if raw is None:
+            return [JobOutcome.completed(job._data) for job in jobs]
+        if not isinstance(raw, list | tuple) or len(raw) != len(jobs):
+            raise ArgumentTypeError(
+                "batch result", f"expected None or a list of {len(jobs)} BatchResult"
+            )
+        outcomes: list[JobOutcome | None] = []
+        for job, result in zip(jobs, raw, strict=True):
+            if not isinstance(result, BatchResult):
+                raise ArgumentTypeError("batch result", f"expected BatchResult, got {result!r:.60}")
+            if result.error is not None:
+                outcomes.append(await self._failure(job, None, result.error))
+                continue
+            try:
+                outcomes.append(JobOutcome.completed(job._data, check_json(result.value, "value")))
+            except SerializationError as exc:
+                outcomes.append(await self._failure(job, exc))
+        return outcomes
 
     async def _schedule_next(self, job: Job) -> None:
         """Add the run after this one, before this one starts (see ``_schedules``)."""
@@ -265,29 +383,29 @@ class Worker:
         except Exception as exc:
             self._emit(EventType.ERROR, job.id, message=f"scheduling the next run failed: {exc}")
 
-    async def _call(self, job: Job) -> Any:
+    async def _call(self, arg: Any) -> Any:
         if self._is_async:
-            return await self._processor(job)
-        return await anyio.to_thread.run_sync(self._processor, job, abandon_on_cancel=True)
+            return await self._processor(arg)
+        return await anyio.to_thread.run_sync(self._processor, arg, abandon_on_cancel=True)
 
-    def _stopped(self, entry: _Running) -> JobOutcome | None:
-        if entry.stop is _Stop.CANCELLED:
-            return JobOutcome.failed(entry.job._data, "cancelled", cancelled=True)
-        return None  # shutdown: released below; lock lost: nothing to write, the fence holds
-
-    async def _failure(self, job: Job, exc: BaseException) -> JobOutcome:
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        trace = "".join(traceback.format_exception(exc))
-        with anyio.CancelScope(shield=True):
-            with contextlib.suppress(Exception):
-                await job.refresh()  # discard() or cancel() may have happened meanwhile
+    async def _failure(
+        self, job: Job, exc: BaseException | None, reason: str | None = None
+    ) -> JobOutcome:
+        """The outcome of a failed attempt: a retry while attempts and backoff allow, else a
+        final failure."""
+        if reason is None:
+            assert exc is not None
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        trace = None if exc is None else "".join(traceback.format_exception(exc))
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await job.refresh()  # discard() or cancel() may have happened meanwhile
         attempt = job.attempts_made + 1
         if job.discarded or job.cancelled_at is not None or attempt >= job.opts.attempts:
             return JobOutcome.failed(job._data, reason, stacktrace=trace)
         delay = self._backoff(job.opts.backoff, attempt, exc)
         return JobOutcome.retry(job._data, reason, delay=delay, stacktrace=trace)
 
-    def _backoff(self, backoff: Backoff | None, attempt: int, exc: BaseException) -> float:
+    def _backoff(self, backoff: Backoff | None, attempt: int, exc: BaseException | None) -> float:
         if backoff is None:
             return 0.0
         if backoff.type is not BackoffType.CUSTOM:
@@ -302,31 +420,46 @@ class Worker:
             strategy = self._strategies[backoff.strategy] = target
         return backoff.finish(parse_duration(strategy(attempt, exc), "backoff delay"))
 
-    async def _record(self, entry: _Running, outcome: JobOutcome | None) -> None:
-        job = entry.job
-        if job._settled:  # the processor ended the run itself (move_to_delayed / _failed)
-            return
+    async def _record(self, unit: _Unit, outcomes: list[JobOutcome | None] | None) -> None:
+        """Write what a unit ended with, in one ``finish_jobs`` call; give back the jobs that
+        ended without a result."""
+        finish: list[JobOutcome] = []
+        release: list[_Running] = []
+        for i, entry in enumerate(unit.entries):
+            outcome = None if outcomes is None else outcomes[i]
+            if entry.job._settled:  # the processor ended the run itself (move_to_*)
+                continue
+            if outcome is not None:
+                finish.append(outcome)
+            elif entry.stop is _Stop.CANCELLED:
+                finish.append(JobOutcome.failed(entry.job._data, "cancelled", cancelled=True))
+            elif entry.stop is _Stop.LOCK_LOST:
+                self._emit(EventType.ERROR, entry.job.id, message="lock lost; result not recorded")
+            else:  # shutting down, or cancelled from outside: give the job back at once
+                release.append(entry)
         try:
-            if outcome is None:
-                if entry.stop is _Stop.SHUTDOWN:
-                    await self._store.release_lock(self.queue_name, job.id, entry.token)
-                elif entry.stop is _Stop.LOCK_LOST:
-                    self._emit(EventType.ERROR, job.id, message="lock lost; result not recorded")
-                return
-            [applied] = await self._store.finish_jobs([outcome])
+            applied = await self._store.finish_jobs(finish) if finish else []
+            for entry in release:
+                await self._store.release_lock(self.queue_name, entry.job.id, entry.token)
         except Exception as exc:
-            log.exception("recording the outcome of job %s failed", job.id)
-            self._emit(EventType.ERROR, job.id, message=f"{type(exc).__name__}: {exc}")
+            log.exception("recording the outcome of jobs of worker %s failed", self.id)
+            self._emit(EventType.ERROR, message=f"recording outcomes failed: {exc}")
             return
+        for outcome, ok in zip(finish, applied, strict=True):
+            self._announce(outcome, ok)
+
+    def _announce(self, outcome: JobOutcome, applied: bool) -> None:
         if not applied:
-            self._emit(EventType.ERROR, job.id, message="lock lost; result not recorded")
-            return
-        if outcome.kind is OutcomeKind.COMPLETED:
-            self._emit(EventType.COMPLETED, job.id, returnvalue=outcome.returnvalue)
+            self._emit(EventType.ERROR, outcome.job_id, message="lock lost; result not recorded")
+        elif outcome.kind is OutcomeKind.COMPLETED:
+            self._emit(EventType.COMPLETED, outcome.job_id, returnvalue=outcome.returnvalue)
         elif outcome.kind is OutcomeKind.FAILED:
-            self._emit(EventType.FAILED, job.id, failed_reason=outcome.failed_reason)
+            self._emit(EventType.FAILED, outcome.job_id, failed_reason=outcome.failed_reason)
         else:
-            self._emit("retrying", job.id, failed_reason=outcome.failed_reason, delay=outcome.delay)
+            self._emit(
+                "retrying", outcome.job_id, failed_reason=outcome.failed_reason,
+                delay=outcome.delay,
+            )  # fmt: skip
             self._promoter_wakeup.set()
 
     # -- side tasks -----------------------------------------------------------------------------
@@ -419,7 +552,7 @@ def _is_async(processor: Callable[..., Any]) -> bool:
 @asynccontextmanager
 async def open_worker(
     queue_name: str,
-    processor: Processor | Callable[[Job], Awaitable[Any]],
+    processor: Processor | BatchProcessor,
     *,
     store: Store,
     concurrency: int = 1,
@@ -429,6 +562,7 @@ async def open_worker(
     stalled_interval: Duration = 30,
     max_stalled_count: int = 1,
     lifo: bool = False,
+    batch: Batch | None = None,
     group: GroupLimits | None = None,
     job_name: str | None = None,
     shutdown_timeout: Duration | None = None,
@@ -449,6 +583,8 @@ async def open_worker(
     :param stalled_interval: how often to take back jobs whose lock expired.
     :param max_stalled_count: stalls after which a job fails instead of running again.
     :param lifo: claim the newest job first.
+    :param batch: hand the processor lists of jobs (:class:`Batch`); ``concurrency`` then
+        counts batches.
     :param group: per-group limits (:class:`GroupLimits`).
     :param job_name: only run jobs of this name.
     :param shutdown_timeout: how long running jobs may finish when the block is left
@@ -463,6 +599,8 @@ async def open_worker(
         raise ArgumentTypeError("store", f"expected a Store, got {type(store).__name__}")
     check_int(concurrency, "concurrency", minimum=1)
     check_int(max_stalled_count, "max_stalled_count", minimum=0)
+    if batch is not None and not isinstance(batch, Batch):
+        raise ArgumentTypeError("batch", "expected Batch")
     if group is not None and not isinstance(group, GroupLimits):
         raise ArgumentTypeError("group", "expected GroupLimits")
     if limiter is not None and not isinstance(limiter, Limiter):
@@ -490,6 +628,7 @@ async def open_worker(
         max_stalled_count=max_stalled_count,
         fetch=fetch,
         poll_interval=parse_duration(poll_interval, "poll_interval", allow_zero=False),
+        batch=batch,
     )
     worker._grace = grace
     fetcher_done = anyio.Event()
