@@ -67,6 +67,14 @@ class EventBus:
         if self._listeners() == 0 and self._on_last is not None:
             self._on_last()
 
+    def listening(self, event: str) -> bool:
+        """Whether anyone would receive an event of this name (so emitters can skip building
+        events nobody reads)."""
+        return bool(
+            self._streams or self._callbacks.get(event) or self._callbacks.get("*")
+            or (event != ERROR and self._callbacks.get(ERROR))
+        )  # fmt: skip
+
     def on(self, event: str, callback: EventCallback) -> None:
         """Call ``callback(event)`` for every event named ``event`` (``"*"``: every event)."""
         if not isinstance(event, str) or not event:

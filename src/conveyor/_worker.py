@@ -2,13 +2,16 @@
 
 ::
 
-    open_worker ── task group ──┬─ event listener   store events -> wake-ups and cancellations
-                                ├─ lock renewer     extends running jobs' locks; a lost lock or a
-                                │                   cancel request cancels that job's scope
-                                ├─ stall sweeper    takes back jobs whose lock expired anywhere
-                                ├─ promoter         moves due delayed jobs to waiting
-                                └─ fetcher ── jobs task group ── one task per job, each in its
-                                                 own CancelScope (timeout = fail_after)
+    open_worker ─┬─ event listener  (a store subscription) store events -> wake-ups, cancels
+                 └─ task group ─┬─ lock renewer   extends running jobs' locks; a lost lock or
+                                │                 a cancel request cancels that job's scope
+                                ├─ stall sweeper  takes back jobs whose lock expired anywhere
+                                ├─ promoter       moves due delayed jobs to waiting
+                                ├─ completer      writes the outcomes of jobs finishing together
+                                │                 in one finish_jobs call
+                                └─ fetcher ── units task group ── one task per job (or batch),
+                                                  each in its own CancelScope (timeout:
+                                                  fail_after)
 
 Shutdown, when the ``async with`` block is left:
 
@@ -38,8 +41,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import attrs
-from anyio.abc import TaskStatus
 
 from ._events import EventBus
 from ._job import Job
@@ -138,6 +141,16 @@ class _Unit:
     scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
 
 
+@attrs.define(eq=False)
+class _Flush:
+    """Outcomes waiting for the completer's next ``finish_jobs`` call."""
+
+    outcomes: list[JobOutcome] = attrs.field(factory=list)
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    results: list[bool] = attrs.field(factory=list)
+    error: BaseException | None = None
+
+
 @attrs.frozen
 class Batch:
     """Hand the processor jobs in batches: ``f(jobs: list[Job]) -> list[BatchResult] | None``.
@@ -209,6 +222,9 @@ class Worker:
         self._batch = batch
         self._units = 0
         self._running: dict[str, _Running] = {}
+        self._flush = _Flush()
+        self._outcomes_ready = anyio.Event()
+        self._completer_alive = True
         self._wakeup = anyio.Event()
         self._promoter_wakeup = anyio.Event()
         self._paused = False
@@ -243,7 +259,8 @@ class Worker:
         self._wakeup.set()
 
     def _emit(self, type_: str, job_id: str | None = None, **data: Any) -> None:
-        self.events.emit(StoreEvent(type_, self.queue_name, job_id, data))
+        if self.events.listening(type_):
+            self.events.emit(StoreEvent(type_, self.queue_name, job_id, data))
 
     def _job_progress(self, job: Job, progress: Any) -> None:
         self._emit(EventType.PROGRESS, job.id, progress=progress)
@@ -256,15 +273,16 @@ class Worker:
                 while not self._closing:
                     started = 0
                     while self._units < self._concurrency and not self._paused:
-                        entries = await self._claim()
-                        if not entries:
+                        claimed = await self._claim(self._concurrency - self._units)
+                        if not claimed:
                             break
-                        unit = _Unit(entries)
-                        for entry in entries:
-                            entry.unit = unit
-                        self._units += 1
-                        started += 1
-                        units.start_soon(self._run_unit, unit, name=f"job {entries[0].job.id}")
+                        for entries in claimed:
+                            unit = _Unit(entries)
+                            for entry in entries:
+                                entry.unit = unit
+                            self._units += 1
+                            started += 1
+                            units.start_soon(self._run_unit, unit, name=f"job {entries[0].job.id}")
                     if started == 0 or self._units >= self._concurrency or self._paused:
                         await self._sleep()
                 await self._drain()
@@ -278,17 +296,21 @@ class Worker:
             self._running[entry.job.id] = entry  # from now on, its lock is renewed
         return entries
 
-    async def _claim(self) -> list[_Running]:
-        """Claim what one unit runs: one job, or a batch (waiting up to ``batch.wait`` for it
-        to fill)."""
-        limit = 1 if self._batch is None else self._batch.size
+    async def _claim(self, free: int) -> list[list[_Running]]:
+        """Claim work for up to ``free`` units, in one call: a job per unit, or one batch
+        (waiting up to ``batch.wait`` for it to fill)."""
+        limit = free if self._batch is None else self._batch.size
         entries = self._track(
             await self._store.fetch_next_jobs(
                 self.queue_name, self.id, self._lock_duration, limit, self._fetch
             )
         )
-        if self._batch is None or self._batch.wait is None or not entries:
-            return entries
+        if self._batch is None:
+            return [[entry] for entry in entries]
+        if not entries:
+            return []
+        if self._batch.wait is None:
+            return [entries]
         with anyio.move_on_after(self._batch.wait):
             while len(entries) < limit and not self._closing:
                 await self._sleep()
@@ -298,7 +320,7 @@ class Worker:
                         self._fetch,
                     )
                 )  # fmt: skip
-        return entries
+        return [entries]
 
     async def _sleep(self) -> None:
         timeout = self._poll_interval
@@ -327,7 +349,10 @@ class Worker:
         except Exception as exc:  # the processor raised or timed out
             outcomes = [await self._failure(entry.job, exc) for entry in unit.entries]
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_WRITE_TIMEOUT):
+            # Shielded, so a cancellation never loses a computed result; bounded, so a dead
+            # store cannot hold the shutdown forever.
+            deadline = anyio.current_time() + _WRITE_TIMEOUT
+            with anyio.CancelScope(shield=True, deadline=deadline):
                 await self._record(unit, outcomes)
             for entry in unit.entries:
                 self._running.pop(entry.job.id, None)
@@ -342,11 +367,15 @@ class Worker:
                 await self._schedule_next(job)
         timeouts = [job.opts.timeout for job in jobs if job.opts.timeout is not None]
         limit = min(timeouts) if timeouts else None
-        try:
-            with anyio.fail_after(limit):
-                raw = await self._call(jobs if self._batch is not None else jobs[0])
-        except TimeoutError as exc:
-            raise TimeoutError(f"timed out after {limit}s") from exc
+        arg = jobs if self._batch is not None else jobs[0]
+        if limit is None:
+            raw = await self._call(arg)
+        else:
+            try:
+                with anyio.fail_after(limit):
+                    raw = await self._call(arg)
+            except TimeoutError as exc:
+                raise TimeoutError(f"timed out after {limit}s") from exc
         if self._batch is None:
             return [JobOutcome.completed(jobs[0]._data, check_json(raw, "returnvalue"))]
         return await self._batch_outcomes(jobs, raw)
@@ -438,7 +467,7 @@ class Worker:
             else:  # shutting down, or cancelled from outside: give the job back at once
                 release.append(entry)
         try:
-            applied = await self._store.finish_jobs(finish) if finish else []
+            applied = await self._write(finish) if finish else []
             for entry in release:
                 await self._store.release_lock(self.queue_name, entry.job.id, entry.token)
         except Exception as exc:
@@ -447,6 +476,42 @@ class Worker:
             return
         for outcome, ok in zip(finish, applied, strict=True):
             self._announce(outcome, ok)
+
+    async def _write(self, outcomes: list[JobOutcome]) -> list[bool]:
+        """Have the completer write these outcomes with those of every other job finishing at
+        the same time, in one ``finish_jobs`` call; wait for the write and return its results."""
+        if not self._completer_alive:
+            return await self._store.finish_jobs(outcomes)
+        flush = self._flush
+        start = len(flush.outcomes)
+        flush.outcomes.extend(outcomes)
+        self._outcomes_ready.set()
+        await flush.done.wait()
+        if flush.error is not None:
+            raise flush.error
+        return flush.results[start : start + len(outcomes)]
+
+    async def _run_completer(self) -> None:
+        try:
+            while True:
+                await self._outcomes_ready.wait()
+                self._outcomes_ready = anyio.Event()
+                await anyio.lowlevel.checkpoint()  # let jobs finishing now join this write
+                await self._flush_outcomes()
+        finally:
+            with anyio.CancelScope(shield=True):
+                while self._flush.outcomes:
+                    await self._flush_outcomes()
+                self._completer_alive = False
+
+    async def _flush_outcomes(self) -> None:
+        flush, self._flush = self._flush, _Flush()
+        try:
+            with anyio.CancelScope(shield=True):
+                flush.results = await self._store.finish_jobs(flush.outcomes)
+        except Exception as exc:
+            flush.error = exc
+        flush.done.set()
 
     def _announce(self, outcome: JobOutcome, applied: bool) -> None:
         if not applied:
@@ -519,19 +584,10 @@ class Worker:
                 await self._promoter_wakeup.wait()
             self._promoter_wakeup = anyio.Event()
 
-    async def _run_event_listener(self, *, task_status: TaskStatus[None]) -> None:
-        send, receive = anyio.create_memory_object_stream[StoreEvent](math.inf)
-        self._store.subscribe(self.queue_name, send.send_nowait)
-        try:
-            task_status.started()
-            async with receive:
-                async for event in receive:
-                    self._on_store_event(event)
-        finally:
-            self._store.unsubscribe(self.queue_name, send.send_nowait)
-            send.close()
-
     def _on_store_event(self, event: StoreEvent) -> None:
+        """The event listener: the store calls it for every event of the queue. It only sets
+        wake-ups and cancels scopes, so it runs inline rather than as a task (a task would cost
+        two task switches per job, for events every job produces)."""
         if event.type in (EventType.WAITING, EventType.RESUMED):
             self._wake()
         elif event.type == EventType.DELAYED:
@@ -632,11 +688,12 @@ async def open_worker(
     )
     worker._grace = grace
     fetcher_done = anyio.Event()
+    store.subscribe(queue_name, worker._on_store_event)
     async with anyio.create_task_group() as tg:
-        await tg.start(worker._run_event_listener)
         tg.start_soon(worker._run_lock_renewer, name="lock renewer")
         tg.start_soon(worker._run_stall_sweeper, name="stall sweeper")
         tg.start_soon(worker._run_promoter, name="promoter")
+        tg.start_soon(worker._run_completer, name="completer")
         tg.start_soon(worker._run_fetcher, fetcher_done, name="fetcher")
         left_cleanly = False
         try:
@@ -649,3 +706,4 @@ async def open_worker(
             with anyio.CancelScope(shield=True):
                 await fetcher_done.wait()
             tg.cancel_scope.cancel()
+            store.unsubscribe(queue_name, worker._on_store_event)

@@ -304,10 +304,6 @@ def _child_failure_policy(value: ChildFailurePolicy | str) -> ChildFailurePolicy
     return _enum_value(ChildFailurePolicy, value, "fail_parent_on_child_failure")
 
 
-def _event_timestamp(value: datetime | None) -> datetime | None:
-    return _optional_utc(value, "timestamp")
-
-
 def _group_ids(value: Iterable[str]) -> frozenset[str]:
     if isinstance(value, str):
         raise ArgumentTypeError("exclude_groups", "expected a collection of group ids, not a str")
@@ -669,13 +665,16 @@ class StoreEvent:
     A job event is named after the state the job entered (``waiting``, ``active``, ...) and its
     ``data`` holds ``prev`` (the state it left, if any) and what the change produced
     (``returnvalue``, ``failed_reason``, ``progress``, ``delay_until``).
+
+    Events are built on hot paths, so construction does not validate; ``Store.publish``, the
+    edge where callers hand one in, does.
     """
 
-    type: str = attrs.field(validator=_v_name)
-    queue_name: str = attrs.field(validator=_v_name)
+    type: str
+    queue_name: str
     job_id: str | None = None
     data: Mapping[str, JsonValue] = attrs.field(factory=dict)
-    timestamp: datetime | None = attrs.field(default=None, converter=_event_timestamp)
+    timestamp: datetime | None = None
 
 
 @attrs.frozen

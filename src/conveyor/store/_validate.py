@@ -210,5 +210,12 @@ def check_event(event: object) -> StoreEvent:
     """Validate ``publish``'s argument; return it with its data copied."""
     if not isinstance(event, StoreEvent):
         raise ArgumentTypeError("event", f"expected StoreEvent, got {type(event).__name__}")
+    check_name(event.type, "event.type")
+    check_name(event.queue_name, "event.queue_name")
+    if event.job_id is not None:
+        check_name(event.job_id, "event.job_id")
+    if not isinstance(event.data, Mapping):
+        raise ArgumentTypeError("event.data", "expected a mapping")
     data = check_json(dict(event.data), "event.data")
-    return attrs.evolve(event, data=data)
+    timestamp = None if event.timestamp is None else to_utc(event.timestamp, "event.timestamp")
+    return attrs.evolve(event, data=data, timestamp=timestamp)
