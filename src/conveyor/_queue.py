@@ -6,6 +6,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
 import attrs
@@ -184,11 +185,17 @@ class Queue:
         interval: Duration,
         name: str,
         data: JsonValue = None,
+        *,
+        limit: int | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
         **options: Unpack[JobOptionsDict],
     ) -> Job:
-        """Run a job every ``interval``; return its first run. Runs fall on multiples of the
-        interval, so every producer adding the same schedule adds the same runs."""
-        return await self._add(name, data, {**options, "repeat": Repeat(every=interval)})
+        """Run a job every ``interval`` (at most ``limit`` times, between ``start`` and
+        ``end``); return its first run. Runs fall on multiples of the interval, so every
+        producer adding the same schedule adds the same runs."""
+        repeat = Repeat(every=interval, limit=limit, start=start, end=end)
+        return await self._add(name, data, {**options, "repeat": repeat})
 
     async def cron(
         self,
@@ -197,11 +204,15 @@ class Queue:
         data: JsonValue = None,
         *,
         tz: str | None = None,
+        limit: int | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
         **options: Unpack[JobOptionsDict],
     ) -> Job:
-        """Run a job on a cron schedule (``tz``: the IANA time zone it is read in, default
-        UTC); return its first run."""
-        return await self._add(name, data, {**options, "repeat": Repeat(cron=expr, tz=tz)})
+        """Run a job on a cron schedule read in time zone ``tz`` (IANA name, default UTC);
+        return its first run."""
+        repeat = Repeat(cron=expr, tz=tz, limit=limit, start=start, end=end)
+        return await self._add(name, data, {**options, "repeat": repeat})
 
     async def add_bulk(self, jobs: Sequence[tuple[str, JsonValue, JobOptionsDict]]) -> list[Job]:
         """Add many jobs in one transaction: ``[(name, data, {options}), ...]``."""
