@@ -3,6 +3,7 @@ backends. Waiting is on events with generous ``fail_after`` bounds, never on sle
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +13,8 @@ import anyio.lowlevel
 import pytest
 
 import conveyor
+import conveyor.testing
+import conveyor_stores.memory
 from conveyor import (
     ArgumentTypeError,
     Backoff,
@@ -609,3 +612,35 @@ async def test_a_failing_batch_fails_every_job_in_it(store_factory: StoreFactory
             wrong = await queue.add("wrong")
             with pytest.raises(JobFailedError, match="batch result"):
                 await wrong.wait_until_finished(timeout=10)
+
+
+async def test_queue_metrics_count_worker_outcomes(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+
+        async def work(job: Job) -> None:
+            if job.data == "bad":
+                raise RuntimeError("no")
+
+        jobs = [await queue.add("n", d) for d in ("ok", "ok", "bad")]
+        async with open_worker("q", work, store=fx.store, **FAST):
+            for job in jobs:
+                with contextlib.suppress(JobFailedError):
+                    await job.wait_until_finished(timeout=10)
+        assert (await queue.get_metrics("completed")).total == 2
+        failed = await queue.get_metrics(conveyor.MetricKind.FAILED)
+        assert (failed.total, [b.count for b in failed.buckets]) == (1, [1])
+
+
+async def test_metrics_retention() -> None:
+    clock = conveyor.testing.ManualClock(START)
+    async with conveyor_stores.memory.MemoryStore(clock=clock, metrics_retention="2m") as store:
+        queue = Queue("q", store=store)
+        for _ in range(4):
+            job = await queue.add("n")
+            [claimed] = await store.fetch_next_jobs("q", "w", 30, 1)
+            await store.finish_jobs([conveyor.JobOutcome.completed(claimed)])
+            clock.advance(60)
+        metrics = await queue.get_metrics("completed")
+        assert (metrics.total, len(metrics.buckets)) == (4, 3)
+        assert job.id

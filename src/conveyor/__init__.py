@@ -44,6 +44,9 @@ from .store import JobOutcome as JobOutcome
 from .store import JobState as JobState
 from .store import Limiter as Limiter
 from .store import LockStatus as LockStatus
+from .store import MetricKind as MetricKind
+from .store import Metrics as Metrics
+from .store import MetricsBucket as MetricsBucket
 from .store import Repeat as Repeat
 from .store import RepeatRun as RepeatRun
 from .store import SerializationError as SerializationError

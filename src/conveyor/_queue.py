@@ -28,6 +28,8 @@ from .store import (
     JobOptions,
     JobState,
     JsonValue,
+    MetricKind,
+    Metrics,
     Repeat,
     Store,
     check_int,
@@ -288,6 +290,15 @@ class Queue:
     async def retry_jobs(self, state: JobState | str = JobState.FAILED) -> int:
         """Send every failed (or completed) job back to waiting; return how many."""
         return await self.store.retry_jobs(self.name, JobState.parse(state))
+
+    async def get_metrics(
+        self,
+        kind: MetricKind | str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> Metrics:
+        """Completed (or failed) jobs per minute, across every worker of the queue."""
+        return await self.store.get_metrics(self.name, MetricKind(kind), start, end)
 
     async def promote_jobs(self) -> int:
         """Run every delayed job now; return how many."""

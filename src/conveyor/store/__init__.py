@@ -41,6 +41,9 @@ from ._models import JobOutcome as JobOutcome
 from ._models import JobState as JobState
 from ._models import Limiter as Limiter
 from ._models import LockStatus as LockStatus
+from ._models import MetricKind as MetricKind
+from ._models import Metrics as Metrics
+from ._models import MetricsBucket as MetricsBucket
 from ._models import OutcomeKind as OutcomeKind
 from ._models import Repeat as Repeat
 from ._models import RepeatRun as RepeatRun

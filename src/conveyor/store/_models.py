@@ -40,6 +40,9 @@ __all__ = [
     "JobState",
     "Limiter",
     "LockStatus",
+    "MetricKind",
+    "Metrics",
+    "MetricsBucket",
     "OutcomeKind",
     "Repeat",
     "RepeatRun",
@@ -675,6 +678,29 @@ class StoreEvent:
     job_id: str | None = None
     data: Mapping[str, JsonValue] = attrs.field(factory=dict)
     timestamp: datetime | None = None
+
+
+class MetricKind(enum.StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class MetricsBucket:
+    """Jobs that finished in one minute (``minute`` is its start)."""
+
+    minute: datetime
+    count: int
+
+
+@attrs.frozen
+class Metrics:
+    """Finished jobs of a queue: ``total`` since the queue began, and per-minute ``buckets``
+    (oldest first, minutes without jobs left out) within the store's retention."""
+
+    kind: MetricKind
+    total: int
+    buckets: list[MetricsBucket] = attrs.field(factory=list)
 
 
 @attrs.frozen

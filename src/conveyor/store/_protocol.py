@@ -34,6 +34,8 @@ from ._models import (
     JobOutcome,
     JobState,
     LockStatus,
+    MetricKind,
+    Metrics,
     StoreEvent,
 )
 
@@ -320,6 +322,21 @@ class Store(Protocol):
 
     async def get_waiting_group_count(self, queue_name: str, group_id: str) -> int:
         """How many jobs of the group are waiting."""
+        ...
+
+    async def get_metrics(
+        self,
+        queue_name: str,
+        kind: MetricKind,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> Metrics:
+        """Jobs of the queue that completed (or failed for good) per minute, between ``start``
+        and ``end`` (inclusive, any minute they touch), as far back as the store keeps them.
+
+        Every final outcome counts, whatever ended the job: ``finish_jobs``, ``cancel_job``,
+        stall recovery, a child's failure failing its parent.
+        """
         ...
 
     # -- delays ------------------------------------------------------------------------------------

@@ -1126,6 +1126,39 @@ async def check_more_events(fx: StoreFixture) -> None:
 
 
 @_check
+async def check_metrics(fx: StoreFixture) -> None:
+    """Final outcomes are counted per minute and in total, whatever ended the job."""
+    from conveyor.store import MetricKind
+
+    start = await fx.store.now()
+    for _ in range(3):
+        await _add(fx)
+    await _finish_all(fx)
+    await fx.advance(60)
+    await _add(fx)
+    await _finish_all(fx, fail=True)
+    cancelled = await _add(fx)
+    await fx.store.cancel_job("q", cancelled.id)
+    await _add(fx, attempts=2)
+    [job] = await claim(fx.store)
+    await fx.store.finish_jobs([JobOutcome.retry(job, "again")])  # not final: not counted
+    done = await fx.store.get_metrics("q", MetricKind.COMPLETED)
+    expect_eq(done.total, 3, "completed total")
+    expect_eq([b.count for b in done.buckets], [3], "completed per minute")
+    expect(done.buckets[0].minute <= start < done.buckets[0].minute + timedelta(minutes=1),
+           "a bucket starts at its minute")  # fmt: skip
+    failed = await fx.store.get_metrics("q", MetricKind.FAILED)
+    expect_eq((failed.total, [b.count for b in failed.buckets]), (2, [2]), "failed")
+    later = await fx.store.get_metrics(
+        "q", MetricKind.COMPLETED, start=start + timedelta(seconds=61)
+    )
+    expect_eq((later.total, later.buckets), (3, []), "a window after the completions")
+    expect_eq((await fx.store.get_metrics("none", MetricKind.FAILED)).total, 0, "unknown queue")
+    await expect_raises(InvalidArgumentError, lambda: fx.store.get_metrics("q", "slow"),  # type: ignore[arg-type]
+                        "unknown metric", argument="kind")  # fmt: skip
+
+
+@_check
 async def check_raising_subscriber(fx: StoreFixture) -> None:
     """A subscriber that raises does not break the operation that published."""
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import math
 import urllib.parse
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -53,6 +54,9 @@ from conveyor.store import (
     JobOutcome,
     JobState,
     LockStatus,
+    MetricKind,
+    Metrics,
+    MetricsBucket,
     OutcomeKind,
     StoreError,
     StoreEvent,
@@ -63,6 +67,7 @@ from conveyor.store import (
     from_timestamp,
     parse_duration,
     structure,
+    to_utc,
     unstructure,
 )
 from conveyor.store._validate import (
@@ -117,6 +122,11 @@ class _Queue:
     group_waiting: Counter[str] = attrs.field(factory=Counter)
     group_queued: Counter[str] = attrs.field(factory=Counter)
     claims: deque[float] = attrs.field(factory=deque)
+    metrics: dict[JobState, dict[int, int]] = attrs.field(
+        factory=lambda: {JobState.COMPLETED: {}, JobState.FAILED: {}}
+    )
+    """Finished jobs per minute (minute number since the epoch -> count), oldest first."""
+    totals: Counter[JobState] = attrs.field(factory=Counter)
     group_claims: dict[str, deque[float]] = attrs.field(factory=dict)
 
     def by_state(self, state: JobState) -> dict[str, None]:
@@ -141,6 +151,15 @@ def _ts(value: datetime | None) -> float:
     return value.timestamp()
 
 
+def _metric_kind(value: object) -> MetricKind:
+    try:
+        return MetricKind(str(value))
+    except ValueError:
+        raise InvalidArgumentError(
+            "kind", f"unknown metric {value!r} (known: completed, failed)"
+        ) from None
+
+
 def _trim(window: deque[float], since: float) -> deque[float]:
     while window and window[0] <= since:
         window.popleft()
@@ -155,6 +174,7 @@ class MemoryStore:
 
     :param clock: where time comes from (:class:`~conveyor.store.ManualClock` in tests).
     :param on_event_error: called with the exception when a subscriber raises (default: log it).
+    :param metrics_retention: how long per-minute metrics are kept (default 7 days).
 
     ::
 
@@ -167,10 +187,13 @@ class MemoryStore:
         *,
         clock: Clock | None = None,
         on_event_error: Callable[[BaseException], None] | None = None,
+        metrics_retention: Duration = "7 days",
     ) -> None:
         if clock is not None and not isinstance(clock, Clock):
             raise InvalidArgumentError("clock", "expected an object with a time() method")
         self._clock: Clock = clock or SystemClock()
+        retention = parse_duration(metrics_retention, "metrics_retention", allow_zero=False)
+        self._metrics_minutes = max(int(retention // 60), 1)
         self._on_event_error = on_event_error
         self._lifecycle = _Lifecycle.NEW
         self._queues: dict[str, _Queue] = {}
@@ -419,7 +442,18 @@ class MemoryStore:
         self._unindex(q, job)
         job.state = state
         self._index(q, job, head=head)
+        if state in TERMINAL_STATES:
+            self._count_finished(q, state)
         return prev
+
+    def _count_finished(self, q: _Queue, state: JobState) -> None:
+        minute = int(self._clock.time() // 60)
+        buckets = q.metrics[state]
+        buckets[minute] = buckets.get(minute, 0) + 1
+        q.totals[state] += 1
+        oldest = minute - self._metrics_minutes
+        while buckets and (first := next(iter(buckets))) < oldest:
+            del buckets[first]
 
     def _delete(self, q: _Queue, job: JobData, now: float) -> None:
         """Remove one job; a child removed before finishing stops counting for its parent."""
@@ -1128,6 +1162,29 @@ class MemoryStore:
         await self._enter()
         q = self._queues.get(queue_name)
         return 0 if q is None else q.group_waiting[group_id]
+
+    async def get_metrics(
+        self,
+        queue_name: str,
+        kind: MetricKind,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> Metrics:
+        check_name(queue_name, "queue_name")
+        kind = _metric_kind(kind)
+        first = -math.inf if start is None else to_utc(start, "start").timestamp() // 60
+        last = math.inf if end is None else to_utc(end, "end").timestamp() // 60
+        await self._enter()
+        q = self._queues.get(queue_name)
+        if q is None:
+            return Metrics(kind, 0, [])
+        state = JobState(kind.value)
+        buckets = [
+            MetricsBucket(from_timestamp(minute * 60), count)
+            for minute, count in q.metrics[state].items()
+            if first <= minute <= last
+        ]
+        return Metrics(kind, q.totals[state], buckets)
 
     # -- delays ------------------------------------------------------------------------------------
 
