@@ -644,3 +644,24 @@ async def test_metrics_retention() -> None:
         metrics = await queue.get_metrics("completed")
         assert (metrics.total, len(metrics.buckets)) == (4, 3)
         assert job.id
+
+
+async def test_cancel_reaches_the_worker_through_lock_renewal(store_factory: StoreFactoryT) -> None:
+    """With no event reaching the worker (another process, a lost notification), the next
+    lock renewal reports the cancellation and the job stops."""
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        started = anyio.Event()
+
+        async def forever(job: Job) -> None:
+            started.set()
+            await anyio.sleep_forever()
+
+        job = await queue.add("forever")
+        async with open_worker("q", forever, store=fx.store, lock_duration=0.2, **FAST) as worker:
+            fx.store.unsubscribe("q", worker._on_store_event)  # deaf to events from here on
+            with anyio.fail_after(10):
+                await started.wait()
+            await job.cancel()
+            with pytest.raises(JobCancelledError):
+                await job.wait_until_finished(timeout=10)
