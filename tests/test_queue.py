@@ -1,0 +1,145 @@
+"""Queue management, job options and the event bus through the public API, on every store and
+both backends."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import anyio
+import pytest
+
+import conveyor
+from conveyor import (
+    Deduplication,
+    EventBus,
+    FlowJob,
+    FlowProducer,
+    Job,
+    JobFailedError,
+    JobState,
+    Queue,
+    StoreEvent,
+    open_worker,
+)
+
+from .conftest import StoreFactoryT
+
+pytestmark = pytest.mark.anyio
+
+FAST: dict[str, Any] = {"poll_interval": 0.05, "stalled_interval": 0.05}
+
+
+async def ok_or_fail(job: Job) -> str:
+    if job.name == "fail":
+        raise RuntimeError("failed on purpose")
+    return "ok"
+
+
+async def run_all(fx: Any, jobs: list[Job]) -> None:
+    async with open_worker("q", ok_or_fail, store=fx.store, **FAST):
+        for job in jobs:
+            with contextlib.suppress(JobFailedError):
+                await job.wait_until_finished(timeout=10)
+
+
+async def test_clean_retry_and_obliterate(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        jobs = [await queue.add(name) for name in ("ok", "fail", "fail")]
+        await run_all(fx, jobs)
+        assert await queue.count("failed") == 2
+        assert await queue.retry_jobs() == 2
+        assert await queue.count(JobState.WAITING) == 2
+        await run_all(fx, jobs[1:])
+        await fx.advance(3600)
+        assert await queue.clean("completed", "30 minutes") == 1
+        assert await queue.clean("failed", 0, limit=1) == 1
+        await queue.pause("fail")
+        assert await queue.get_paused_job_names() == ["fail"]
+        await queue.obliterate()
+        assert await queue.get_job_counts() == dict.fromkeys(JobState, 0)
+        assert await queue.get_paused_job_names() == []
+
+
+async def test_job_id_dedup_ttl_and_remove_on_fail(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        await queue.add("ok", job_id="order-42")
+        with pytest.raises(conveyor.DuplicateJobError):
+            await queue.add("ok", job_id="order-42")
+        throttled = await queue.add("ok", deduplication=Deduplication("k", ttl="1m"))
+        await run_all(fx, [throttled])
+        again = await queue.add("ok", deduplication=Deduplication("k", ttl="1m"))
+        assert again.id == throttled.id, "held for the TTL even after completion"
+        await fx.advance(60)
+        fresh = await queue.add("ok", deduplication=Deduplication("k", ttl="1m"))
+        assert fresh.id != throttled.id
+        doomed = await queue.add("fail", remove_on_fail=True)
+        async with open_worker("q", ok_or_fail, store=fx.store, **FAST) as worker:
+            failed = anyio.Event()
+            worker.events.on("failed", lambda event: failed.set())
+            with anyio.fail_after(10):
+                await failed.wait()
+        assert await queue.get_job(doomed.id) is None
+
+
+async def test_contradicting_options_are_refused(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        with pytest.raises(conveyor.InvalidArgumentError) as info:
+            await queue.every(5, "x", deduplication=Deduplication("k"))
+        assert info.value.argument == "deduplication"
+        with pytest.raises(conveyor.InvalidArgumentError) as info:
+            await queue.add("x", repeat=conveyor.Repeat(every=5, limit=0))
+        assert info.value.argument == "limit"
+        assert sum((await queue.get_job_counts()).values()) == 0
+
+
+async def test_flow_child_removed_on_failure(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        result = await FlowProducer(store=fx.store).add(
+            FlowJob("ok", "q", children=[
+                FlowJob("fail", "q", opts={"fail_parent_on_child_failure": "remove"}),
+                FlowJob("ok", "q"),
+            ])
+        )  # fmt: skip
+        await run_all(fx, [result.job])
+        assert (await result.job.refresh()).state is JobState.COMPLETED
+        assert len(await result.job.get_children()) == 1
+
+
+async def test_worker_close_stops_claiming(store_factory: StoreFactoryT) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        first = await queue.add("ok")
+        async with open_worker("q", ok_or_fail, store=fx.store, **FAST) as worker:
+            await first.wait_until_finished(timeout=10)
+            worker.close()
+            later = await queue.add("ok")
+            with pytest.raises(TimeoutError):
+                await later.wait_until_finished(timeout=0.2)
+        assert (await later.refresh()).state is JobState.WAITING
+
+
+def test_event_bus_on_off_and_wildcard() -> None:
+    seen: list[str] = []
+    bus = EventBus()
+
+    def named(event: StoreEvent) -> None:
+        seen.append("named:" + event.type)
+
+    def everything(event: StoreEvent) -> None:
+        seen.append("all:" + event.type)
+
+    bus.on("completed", named)
+    bus.on("*", everything)
+    bus.emit(StoreEvent("completed", "q"))
+    bus.emit(StoreEvent("failed", "q"))
+    bus.off("completed", named)
+    bus.emit(StoreEvent("completed", "q"))
+    bus.off("*")
+    bus.emit(StoreEvent("completed", "q"))
+    assert seen == ["named:completed", "all:completed", "all:failed", "all:completed"]
+    with pytest.raises(conveyor.InvalidArgumentError):
+        bus.on("", named)
