@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import anyio.lowlevel
 import pytest
 
@@ -665,3 +666,19 @@ async def test_cancel_reaches_the_worker_through_lock_renewal(store_factory: Sto
             await job.cancel()
             with pytest.raises(JobCancelledError):
                 await job.wait_until_finished(timeout=10)
+
+
+async def test_sync_processor_reports_progress_through_from_thread(
+    store_factory: StoreFactoryT,
+) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+
+        def work(job: Job) -> str:
+            anyio.from_thread.run(job.update_progress, 70)
+            return "done"
+
+        job = await queue.add("sync")
+        async with open_worker("q", work, store=fx.store, **FAST):
+            assert await job.wait_until_finished(timeout=10) == "done"
+        assert (await job.refresh()).progress == 70
