@@ -28,8 +28,9 @@ async def main() -> None:
         async def report(job: conveyor.Job) -> None:
             order.append(job.data["tenant"])
 
-        for job in await add_reports(queue):  # one at a time: the order is the claim order
-            async with conveyor.open_worker("reports", report, store=store):
+        jobs = await add_reports(queue)
+        async with conveyor.open_worker("reports", report, store=store):  # one job at a time
+            for job in jobs:
                 await job.wait_until_finished(timeout=10)
         print("served:", " ".join(order))
 
