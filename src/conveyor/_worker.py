@@ -254,7 +254,8 @@ class Worker:
         self._wake()
 
     def close(self) -> None:
-        """Stop claiming and begin the shutdown; the ``async with`` block still waits for it."""
+        """Stop claiming and begin the shutdown: no job starts after this (a claim in flight
+        is handed back). The ``async with`` block still waits for running jobs."""
         self._closing = True
         self._wake()
 
@@ -299,6 +300,8 @@ class Worker:
                         entry.unit = unit
                     self._units += 1
                     self._ready.append(unit)
+                if self._closing:  # closed while claiming: nothing starts after close()
+                    break
                 self._signal_work()
                 claimed_any = True
             if not claimed_any or self._units >= self._concurrency or self._paused:
@@ -313,10 +316,10 @@ class Worker:
         its own cancel scope. (A task per job costs ~20 us to spawn under AnyIO, a third of a
         no-op job's cost; bench/worker_drain.py.)"""
         while True:
+            if self._closing:
+                return  # queued units are handed back by the fetcher, running ones finish
             if self._ready:
                 await self._run_unit(self._ready.popleft())
-            elif self._closing:
-                return
             else:
                 await self._work.wait()
 
