@@ -4,6 +4,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -18,6 +19,10 @@ settings.register_profile("quick", max_examples=20, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 START = 1_800_000_000.0
+
+FAST: dict[str, Any] = {"poll_interval": 0.05, "stalled_interval": 0.05}
+"""Worker options for tests: short fallback polls. Tests wait on events; these only bound how
+late a missed wake-up is noticed."""
 
 
 @asynccontextmanager

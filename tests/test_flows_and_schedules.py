@@ -19,11 +19,9 @@ from conveyor import (
     open_worker,
 )
 
-from .conftest import START, StoreFactoryT
+from .conftest import FAST, START, StoreFactoryT
 
 pytestmark = pytest.mark.anyio
-
-FAST: dict[str, Any] = {"poll_interval": 0.05, "stalled_interval": 0.05}
 
 
 async def build(job: Job) -> Any:

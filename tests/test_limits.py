@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import anyio
 import pytest
@@ -11,11 +10,9 @@ import pytest
 import conveyor
 from conveyor import GroupLimits, Job, JobState, Limiter, Queue, open_worker
 
-from .conftest import StoreFactoryT
+from .conftest import FAST, StoreFactoryT
 
 pytestmark = pytest.mark.anyio
-
-FAST: dict[str, Any] = {"poll_interval": 0.05, "stalled_interval": 0.05}
 
 
 class Gate:

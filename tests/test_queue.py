@@ -23,11 +23,9 @@ from conveyor import (
     open_worker,
 )
 
-from .conftest import StoreFactoryT
+from .conftest import FAST, StoreFactoryT
 
 pytestmark = pytest.mark.anyio
-
-FAST: dict[str, Any] = {"poll_interval": 0.05, "stalled_interval": 0.05}
 
 
 async def ok_or_fail(job: Job) -> str:

@@ -29,12 +29,9 @@ from conveyor import (
     open_worker,
 )
 
-from .conftest import START, StoreFactoryT
+from .conftest import FAST, START, StoreFactoryT
 
 pytestmark = pytest.mark.anyio
-
-FAST: dict[str, Any] = {"poll_interval": 0.05, "stalled_interval": 0.05}
-"""Short fallback polls: tests wait on events, these only bound how late a missed one is seen."""
 
 
 async def wait_for_state(job: Job, state: JobState, attempts_made: int | None = None) -> None:
