@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -320,6 +320,28 @@ class Job:
 
     # -- waiting -------------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def _watch(self) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+        """While in the block, follow this job's events; yields a function that waits for the
+        next one, or at most ``_FALLBACK_POLL`` seconds in case an event was missed."""
+        changed = anyio.Event()
+
+        def on_event(event: StoreEvent) -> None:
+            if event.job_id == self.id:
+                changed.set()
+
+        async def next_change() -> None:
+            nonlocal changed
+            with anyio.move_on_after(_FALLBACK_POLL):
+                await changed.wait()
+            changed = anyio.Event()
+
+        self._store.subscribe(self.queue_name, on_event)
+        try:
+            yield next_change
+        finally:
+            self._store.unsubscribe(self.queue_name, on_event)
+
     async def observe(self) -> AsyncIterator[JobData]:
         """Yield the job's record now and after each change, until it completes or fails.
 
@@ -328,14 +350,7 @@ class Job:
             async for record in job.observe():
                 print(record.state, record.progress)
         """
-        send, receive = anyio.create_memory_object_stream[StoreEvent](math.inf)
-
-        def on_event(event: StoreEvent) -> None:
-            if event.job_id == self.id:
-                send.send_nowait(event)
-
-        self._store.subscribe(self.queue_name, on_event)
-        try:
+        async with self._watch() as next_change:
             last = None
             while True:
                 await self.refresh()
@@ -344,12 +359,7 @@ class Job:
                     yield last
                 if self.state in TERMINAL_STATES:
                     return
-                with anyio.move_on_after(_FALLBACK_POLL):
-                    await receive.receive()
-        finally:
-            self._store.unsubscribe(self.queue_name, on_event)
-            send.close()
-            receive.close()
+                await next_change()
 
     async def wait_until_finished(self, timeout: Duration | None = None) -> JsonValue:  # noqa: ASYNC109 - DESIGN.md names it
         """Wait until the job completes and return its value.
@@ -359,24 +369,13 @@ class Job:
         :raises JobNotFoundError: it was removed.
         """
         seconds = None if timeout is None else parse_duration(timeout, "timeout")
-        changed = anyio.Event()
-
-        def on_event(event: StoreEvent) -> None:
-            if event.job_id == self.id:
-                changed.set()
-
-        self._store.subscribe(self.queue_name, on_event)
-        try:
-            with anyio.fail_after(seconds):
+        with anyio.fail_after(seconds):
+            async with self._watch() as next_change:
                 while True:
                     await self.refresh()
                     if self.state in TERMINAL_STATES:
                         return self._outcome()
-                    with anyio.move_on_after(_FALLBACK_POLL):
-                        await changed.wait()
-                    changed = anyio.Event()
-        finally:
-            self._store.unsubscribe(self.queue_name, on_event)
+                    await next_change()
 
     def _outcome(self) -> JsonValue:
         if self.state is JobState.COMPLETED:

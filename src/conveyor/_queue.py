@@ -32,11 +32,9 @@ from .store import (
     Metrics,
     Repeat,
     Store,
-    check_int,
     check_job_name,
     check_json,
     check_name,
-    parse_duration,
 )
 
 __all__ = ["JobOptionsDict", "Queue", "build_job"]
@@ -278,9 +276,6 @@ class Queue:
         self, state: JobState | str, grace: Duration = 0, limit: int | None = None
     ) -> int:
         """Remove jobs in ``state`` older than ``grace``; return how many."""
-        parse_duration(grace, "grace")
-        if limit is not None:
-            check_int(limit, "limit", minimum=1)
         return await self.store.clean(self.name, JobState.parse(state), grace, limit)
 
     async def obliterate(self, *, force: bool = False) -> None:
