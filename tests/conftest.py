@@ -50,11 +50,25 @@ async def snapshot_fixture() -> AsyncIterator[StoreFixture]:
             yield StoreFixture(store, advance)
 
 
+@asynccontextmanager
+async def sqlite_fixture() -> AsyncIterator[StoreFixture]:
+    """SqliteStore on a fresh file, found through its entry point like a user's URL."""
+    clock = ManualClock(START)
+    with tempfile.TemporaryDirectory() as tmp:
+        async with store_from_url(f"sqlite:///{tmp}/jobs.db", clock=clock) as store:
+
+            async def advance(seconds: float) -> None:
+                clock.advance(seconds)
+
+            yield StoreFixture(store, advance)
+
+
 StoreFactoryT = Callable[[], AbstractAsyncContextManager[StoreFixture]]
 
 STORE_FACTORIES: dict[str, StoreFactoryT] = {
     "memory": memory_fixture,
     "snapshot": snapshot_fixture,
+    "sqlite": sqlite_fixture,
 }
 
 

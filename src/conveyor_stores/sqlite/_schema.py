@@ -1,0 +1,264 @@
+"""The SQLite schema, and the versioned migrations that build it (``conveyor_migrations``).
+
+Tables:
+
+* ``conveyor_jobs``: one row per job. ``record`` holds the job as the converter's JSON, minus the
+  claim fields (state, processed_at, lock_until, locked_by, lock_token), which live in columns
+  and win over the record on reading. The other columns are copies of record fields that queries
+  filter or sort on. ``seq`` orders a job within its state: waiting jobs by (priority, seq), with
+  a negative seq for the head of a priority; delayed by (delay_until, seq); active by claim;
+  completed and failed by finishing; waiting-children by arrival.
+* ``conveyor_lanes``: per queue and lane (a group id, or ``''`` for jobs without a group), when
+  the lane was last served and how many of its jobs are waiting, active, and queued (waiting or
+  delayed). Triggers keep the counts, so no code path can forget them.
+* ``conveyor_queues``: the round-robin tick and lifetime finished totals of each queue.
+* ``conveyor_paused``, ``conveyor_rate`` (claim times for rate limits), ``conveyor_metrics``
+  (finished jobs per minute, counted by a trigger), ``conveyor_meta`` (the sequence that orders
+  jobs and makes lock tokens unique across processes), ``conveyor_events`` (events for other
+  processes, read by rowid).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+import sqlite_utils
+
+from conveyor.store import StoreError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_database", "migrate"]
+
+_WAITING_COUNTS = """
+    waiting = waiting {op} ({row}.state = 'waiting'),
+    active = active {op} ({row}.state = 'active'),
+    queued = queued {op} ({row}.state IN ('waiting', 'delayed'))
+"""
+
+_ADD_TO_LANE = """
+    INSERT INTO conveyor_lanes (queue, lane, waiting, active, queued)
+    VALUES (new.queue, new.lane, new.state = 'waiting', new.state = 'active',
+            new.state IN ('waiting', 'delayed'))
+    ON CONFLICT (queue, lane) DO UPDATE SET
+        waiting = waiting + excluded.waiting,
+        active = active + excluded.active,
+        queued = queued + excluded.queued;
+"""
+
+_REMOVE_FROM_LANE = f"""
+    UPDATE conveyor_lanes SET {_WAITING_COUNTS.format(op="-", row="old")}
+    WHERE queue = old.queue AND lane = old.lane;
+"""
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db.create_table(
+        "conveyor_jobs",
+        {
+            "pk": int,
+            "queue": str,
+            "id": str,
+            "name": str,
+            "state": str,
+            "lane": str,
+            "priority": int,
+            "seq": int,
+            "created_at": float,
+            "processed_at": float,
+            "delay_until": float,
+            "lock_until": float,
+            "locked_by": str,
+            "lock_token": str,
+            "finished_at": float,
+            "dedup_key": str,
+            "dedup_until": float,
+            "parent_queue": str,
+            "parent_id": str,
+            "record": str,
+        },
+        pk="pk",
+        not_null={
+            "queue",
+            "id",
+            "name",
+            "state",
+            "lane",
+            "priority",
+            "seq",
+            "created_at",
+            "record",
+        },
+    )
+    db.create_table(
+        "conveyor_lanes",
+        {
+            "queue": str,
+            "lane": str,
+            "served": int,
+            "waiting": int,
+            "active": int,
+            "queued": int,
+        },
+        pk=("queue", "lane"),
+        not_null={"served", "waiting", "active", "queued"},
+        defaults={"served": 0, "waiting": 0, "active": 0, "queued": 0},
+    )
+    db.create_table(
+        "conveyor_queues",
+        {"name": str, "tick": int, "completed": int, "failed": int},
+        pk="name",
+        not_null={"tick", "completed", "failed"},
+        defaults={"tick": 0, "completed": 0, "failed": 0},
+    )
+    db.create_table("conveyor_paused", {"queue": str, "name": str}, pk=("queue", "name"))
+    db.create_table(
+        "conveyor_rate",
+        {"queue": str, "scope": str, "at": float},
+        not_null={"queue", "scope", "at"},
+    )
+    db.create_table(
+        "conveyor_metrics",
+        {"queue": str, "kind": str, "minute": int, "count": int},
+        pk=("queue", "kind", "minute"),
+        not_null={"count"},
+    )
+    db.create_table("conveyor_meta", {"name": str, "value": int}, pk="name", not_null={"value"})
+    db.table("conveyor_meta").insert({"name": "seq", "value": 0})
+    # sqlite-utils does not write AUTOINCREMENT, partial indexes or triggers: plain SQL.
+    # AUTOINCREMENT: event ids never go back, even after pruning empties the table, so a
+    # reader that remembers the last id it saw never misses a new event.
+    db.execute(
+        """CREATE TABLE conveyor_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            origin TEXT NOT NULL,
+            queue TEXT NOT NULL,
+            type TEXT NOT NULL,
+            job_id TEXT,
+            at REAL NOT NULL,
+            data TEXT
+        )"""
+    )
+    for statement in (
+        "CREATE UNIQUE INDEX conveyor_jobs_key ON conveyor_jobs (queue, id)",
+        "CREATE INDEX conveyor_jobs_id ON conveyor_jobs (id)",
+        # claim: the next waiting job of a lane, with or without a job name
+        """CREATE INDEX conveyor_jobs_claim ON conveyor_jobs (queue, lane, priority, seq)
+           WHERE state = 'waiting'""",
+        """CREATE INDEX conveyor_jobs_claim_name
+           ON conveyor_jobs (queue, lane, name, priority, seq) WHERE state = 'waiting'""",
+        """CREATE INDEX conveyor_jobs_waiting ON conveyor_jobs (queue, priority, seq)
+           WHERE state = 'waiting'""",
+        """CREATE INDEX conveyor_jobs_delayed ON conveyor_jobs (queue, delay_until, seq)
+           WHERE state = 'delayed'""",
+        """CREATE INDEX conveyor_jobs_state ON conveyor_jobs (queue, state, seq)
+           WHERE state NOT IN ('waiting', 'delayed')""",
+        """CREATE INDEX conveyor_jobs_locks ON conveyor_jobs (queue, lock_until)
+           WHERE state = 'active'""",
+        """CREATE INDEX conveyor_jobs_dedup ON conveyor_jobs (queue, dedup_key)
+           WHERE dedup_key IS NOT NULL""",
+        """CREATE INDEX conveyor_jobs_parent ON conveyor_jobs (parent_queue, parent_id)
+           WHERE parent_id IS NOT NULL""",
+        """CREATE INDEX conveyor_lanes_turn ON conveyor_lanes (queue, served, lane)
+           WHERE waiting > 0""",
+        "CREATE INDEX conveyor_rate_window ON conveyor_rate (queue, scope, at)",
+        f"""CREATE TRIGGER conveyor_jobs_added AFTER INSERT ON conveyor_jobs
+            BEGIN {_ADD_TO_LANE} END""",
+        f"""CREATE TRIGGER conveyor_jobs_removed AFTER DELETE ON conveyor_jobs
+            BEGIN {_REMOVE_FROM_LANE} END""",
+        f"""CREATE TRIGGER conveyor_jobs_moved AFTER UPDATE OF state, lane ON conveyor_jobs
+            WHEN old.state IS NOT new.state OR old.lane IS NOT new.lane
+            BEGIN {_REMOVE_FROM_LANE} {_ADD_TO_LANE} END""",
+        """CREATE TRIGGER conveyor_jobs_finished AFTER UPDATE OF state ON conveyor_jobs
+            WHEN new.state IN ('completed', 'failed') AND old.state IS NOT new.state
+            BEGIN
+                INSERT INTO conveyor_metrics (queue, kind, minute, count)
+                VALUES (new.queue, new.state, CAST(new.finished_at / 60 AS INTEGER), 1)
+                ON CONFLICT (queue, kind, minute) DO UPDATE SET count = count + 1;
+                INSERT INTO conveyor_queues (name, completed, failed)
+                VALUES (new.queue, new.state = 'completed', new.state = 'failed')
+                ON CONFLICT (name) DO UPDATE SET
+                    completed = completed + excluded.completed,
+                    failed = failed + excluded.failed;
+            END""",
+    ):
+        db.execute(statement)
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+    ("jobs, lanes, queues, pauses, rate windows, metrics and events", _v1),
+]
+"""Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``. Append only."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _applied_version(conn: sqlite3.Connection, where: str) -> int:
+    """The schema version of the database, checking it is ours and not newer than this code.
+
+    Reads only: a file that is not a conveyor database is left exactly as it was.
+    """
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{where} is not an SQLite database ({exc})") from exc
+    if "conveyor_migrations" not in tables:
+        others = sorted(t for t in tables if not t.startswith("sqlite_"))
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise StoreError(
+                f"{where} is an SQLite database but not a conveyor one (it has tables {shown} "
+                "and no conveyor_migrations); point the store at a new or conveyor file"
+            )
+        return 0
+    row = conn.execute("SELECT max(version) FROM conveyor_migrations").fetchone()
+    version = int(row[0] or 0)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{where} has conveyor schema version {version}, newer than this conveyor "
+            f"understands ({SCHEMA_VERSION}); upgrade conveyor to use it"
+        )
+    return version
+
+
+def check_database(conn: sqlite3.Connection, where: str) -> int:
+    """:func:`_applied_version`, for a connection outside any transaction."""
+    return _applied_version(conn, where)
+
+
+def migrate(conn: sqlite3.Connection, where: str, *, apply: bool) -> int:
+    """Bring the database up to :data:`SCHEMA_VERSION` in one ``BEGIN IMMEDIATE`` transaction.
+
+    Several processes may call this at once: the write lock serializes them, and each checks
+    the version again once it holds the lock, so every migration runs exactly once.
+    ``conn`` must be in autocommit mode (``isolation_level=None``) and have a busy timeout.
+    With ``apply=False`` a database that needs migrating raises :class:`StoreError` instead.
+    """
+    if _applied_version(conn, where) == SCHEMA_VERSION:
+        return SCHEMA_VERSION
+    if not apply:
+        raise StoreError(
+            f"{where} needs migrating to conveyor schema version {SCHEMA_VERSION}; connect with "
+            "auto_migrate=True (the default) or run `conveyor migrate`"
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _applied_version(conn, where)
+        db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+        if version == 0:
+            db.create_table(
+                "conveyor_migrations",
+                {"version": int, "name": str, "applied_at": float},
+                pk="version",
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            name, step = MIGRATIONS[number - 1]
+            step(db)
+            db.table("conveyor_migrations").insert(
+                {"version": number, "name": name, "applied_at": time.time()}
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return SCHEMA_VERSION

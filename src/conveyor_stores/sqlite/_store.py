@@ -1,0 +1,1755 @@
+"""SqliteStore: the store contract on one SQLite file, shared safely by the processes of a host.
+
+How it runs (the measurements behind these choices are in ``bench/sqlite_call_modes.py``):
+
+* One connection per store, called directly on the event loop. A claim or an outcome write is
+  a transaction of well under a millisecond, and a thread hop per call costs more than the call
+  (5x fewer jobs per second through ``anyio.to_thread``). Large bulk inserts, which can take
+  longer, run in a worker thread while the store's other calls wait for them.
+* Every write is one ``BEGIN IMMEDIATE`` transaction with no await inside it, so nothing can
+  interleave with it in this process and the write lock is taken before anything is read. The
+  connection has no busy timeout (a blocked ``BEGIN`` would freeze the event loop): when another
+  process holds the write lock, the call sleeps on the event loop with jittered exponential
+  backoff and tries again, for up to ``lock_wait`` seconds before it raises ``StoreError``.
+  Contention is waiting, never an error the user sees.
+* WAL journal: readers never block the writer or each other. ``synchronous=NORMAL`` by default:
+  a committed transaction survives a crash of any process; a power cut may lose the last few
+  (``synchronous="full"`` trades speed for that).
+* A cancelled call changes nothing: cancellation can only land on the awaits before or between
+  attempts, never inside a transaction.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import os
+import random
+import sqlite3
+import time
+import urllib.parse
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import attrs
+from anyio.lowlevel import checkpoint
+
+from conveyor.store import (
+    ALL_JOB_NAMES,
+    TERMINAL_STATES,
+    AttemptRecord,
+    ChildFailurePolicy,
+    Clock,
+    DuplicateJobError,
+    Duration,
+    EventCallback,
+    EventType,
+    FetchOptions,
+    GroupFullError,
+    InvalidArgumentError,
+    InvalidJobStateError,
+    JobData,
+    JobNotFoundError,
+    JobOutcome,
+    JobState,
+    LockStatus,
+    MetricKind,
+    Metrics,
+    MetricsBucket,
+    OutcomeKind,
+    StoreError,
+    StoreEvent,
+    SystemClock,
+    check_int,
+    check_name,
+    copy_json,
+    from_json,
+    from_timestamp,
+    parse_duration,
+    to_json,
+    to_utc,
+)
+from conveyor.store._validate import (
+    check_event,
+    check_fetch,
+    check_jobs,
+    check_lock_duration,
+    check_outcomes,
+    check_updates,
+    validate_new_job,
+)
+
+from ._events import EventPoller
+from ._schema import check_database, migrate
+
+__all__ = ["SqliteStore"]
+
+log = logging.getLogger("conveyor.stores.sqlite")
+
+T = TypeVar("T")
+
+_JOB_COLUMNS = "pk, record, state, processed_at, lock_until, locked_by, lock_token"
+_OFFLOAD_ROWS = 2000
+"""Bulk inserts of more jobs than this run in a worker thread."""
+
+
+class _Lifecycle(enum.Enum):
+    NEW = "new"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class _Synchronous(enum.StrEnum):
+    NORMAL = "normal"
+    FULL = "full"
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else from_timestamp(value)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _metric_kind(value: object) -> MetricKind:
+    try:
+        return MetricKind(str(value))
+    except ValueError:
+        raise InvalidArgumentError(
+            "kind", f"unknown metric {value!r} (known: completed, failed)"
+        ) from None
+
+
+def _record(job: JobData) -> str:
+    """The job's JSON without the claim fields, which live in their own columns."""
+    saved = (job.state, job.processed_at, job.lock_until, job.locked_by, job.lock_token)
+    job.state = JobState.WAITING
+    job.processed_at = job.lock_until = job.locked_by = job.lock_token = None
+    try:
+        return to_json(job)
+    finally:
+        job.state, job.processed_at, job.lock_until, job.locked_by, job.lock_token = saved
+
+
+@attrs.define
+class _Row:
+    """A job read inside a transaction: its row id and its record, to change and save."""
+
+    pk: int
+    job: JobData
+
+
+def _load(row: Sequence[Any]) -> _Row:
+    job = from_json(row[1], JobData)
+    job.state = JobState(row[2])
+    job.processed_at = _dt(row[3])
+    job.lock_until = _dt(row[4])
+    job.locked_by = row[5]
+    job.lock_token = row[6]
+    return _Row(row[0], job)
+
+
+class _Tx:
+    """One write transaction: the connection, the time it runs at, the events it publishes."""
+
+    def __init__(self, store: SqliteStore, conn: sqlite3.Connection, now: float) -> None:
+        self.store = store
+        self.conn = conn
+        self.now = now
+        self.events: list[StoreEvent] = []
+        self._seq: int | None = None
+        self._seq_start = 0
+        self.finished: set[tuple[str, str]] = set()
+
+    # -- sequence ----------------------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        if self._seq is None:
+            row = self.conn.execute("SELECT value FROM conveyor_meta WHERE name = 'seq'").fetchone()
+            self._seq = self._seq_start = int(row[0])
+        self._seq += 1
+        return self._seq
+
+    def flush(self) -> None:
+        """Write what the transaction kept in memory: the sequence, the events."""
+        if self._seq is not None and self._seq != self._seq_start:
+            self.conn.execute("UPDATE conveyor_meta SET value = ? WHERE name = 'seq'", (self._seq,))
+        if self.events:
+            origin = self.store._origin
+            self.conn.executemany(
+                "INSERT INTO conveyor_events (origin, queue, type, job_id, at, data) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        origin,
+                        e.queue_name,
+                        e.type,
+                        e.job_id,
+                        self.now if e.timestamp is None else e.timestamp.timestamp(),
+                        json.dumps(e.data, separators=(",", ":")) if e.data else None,
+                    )
+                    for e in self.events
+                ],
+            )
+        for queue, kind in self.finished:
+            oldest = int(self.now // 60) - self.store._metrics_minutes
+            self.conn.execute(
+                "DELETE FROM conveyor_metrics WHERE queue = ? AND kind = ? AND minute < ?",
+                (queue, kind, oldest),
+            )
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def emit(self, queue: str, type_: str, job_id: str | None, **data: Any) -> None:
+        self.events.append(StoreEvent(type_, queue, job_id, data, from_timestamp(self.now)))
+
+    def emit_state(self, job: JobData, prev: JobState | None, **data: Any) -> None:
+        self.emit(job.queue_name, job.state.value, job.id, prev=prev and prev.value, **data)
+
+    # -- rows --------------------------------------------------------------------------------------
+
+    def find(self, queue: str | None, job_id: str | None) -> _Row | None:
+        if queue is None or job_id is None:
+            return None
+        row = self.conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE queue = ? AND id = ?",
+            (queue, job_id),
+        ).fetchone()
+        return None if row is None else _load(row)
+
+    def seq_for(self, job: JobData, *, head: bool = False) -> int:
+        seq = self.next_seq()
+        if job.state is JobState.WAITING and (head or job.opts.lifo):
+            return -seq
+        return seq
+
+    def save(self, row: _Row, *, seq: int | None = None) -> None:
+        """Write the whole job back (``seq``: its new place in its state, if it moved)."""
+        job = row.job
+        finished = job.completed_at if job.state is JobState.COMPLETED else job.failed_at
+        self.conn.execute(
+            """UPDATE conveyor_jobs SET name = ?, state = ?, lane = ?, priority = ?,
+                seq = coalesce(?, seq), processed_at = ?, delay_until = ?, lock_until = ?,
+                locked_by = ?, lock_token = ?, finished_at = ?, dedup_key = ?, dedup_until = ?,
+                parent_queue = ?, parent_id = ?, record = ?
+            WHERE pk = ?""",
+            (
+                job.name,
+                job.state.value,
+                job.group_id or "",
+                job.opts.priority,
+                seq,
+                _ts(job.processed_at),
+                _ts(job.delay_until),
+                _ts(job.lock_until),
+                job.locked_by,
+                job.lock_token,
+                _ts(finished),
+                job.deduplication_key,
+                _ts(job.deduplication_until),
+                job.parent_queue_name,
+                job.parent_id,
+                _record(job),
+                row.pk,
+            ),
+        )
+
+    def move(self, row: _Row, state: JobState, *, head: bool = False) -> JobState:
+        """Put the job in ``state`` (at the head of its priority, for ``head``) and save it."""
+        job = row.job
+        prev = job.state
+        job.state = state
+        if state in TERMINAL_STATES:
+            self.finished.add((job.queue_name, state.value))
+        self.save(row, seq=self.seq_for(job, head=head))
+        return prev
+
+    def delete(self, row: _Row) -> None:
+        """Remove one job; a child removed before finishing stops counting for its parent."""
+        job = row.job
+        self.conn.execute("DELETE FROM conveyor_jobs WHERE pk = ?", (row.pk,))
+        if (
+            job.parent_id is not None
+            and job.parent_queue_name is not None
+            and job.state not in TERMINAL_STATES
+        ):
+            self.child_done(job.parent_queue_name, job.parent_id)
+
+    def clear_lock(self, job: JobData) -> None:
+        job.lock_until = None
+        job.locked_by = None
+        job.lock_token = None
+
+    def record_attempt(self, job: JobData, outcome: str, error: str | None, *, count: bool) -> None:
+        if count:
+            job.attempts_made += 1
+        job.attempt_logs.append(
+            AttemptRecord(
+                attempt=job.attempts_made if count else job.attempts_made + 1,
+                worker_id=job.locked_by,
+                started_at=job.processed_at,
+                finished_at=from_timestamp(self.now),
+                outcome=outcome,
+                error=error,
+            )
+        )
+
+    # -- outcomes and flows ------------------------------------------------------------------------
+
+    def fail(self, row: _Row, reason: str, *, cancelled: bool) -> None:
+        """Fail a job that is not yet finished, then apply its parent's policy and removal."""
+        job = row.job
+        job.failed_reason = reason
+        job.failed_at = from_timestamp(self.now)
+        if cancelled and job.cancelled_at is None:
+            job.cancelled_at = job.failed_at
+        self.clear_lock(job)
+        prev = self.move(row, JobState.FAILED)
+        self.emit_state(job, prev, failed_reason=reason, cancelled=job.cancelled_at is not None)
+        self.child_failed(row, reason)
+        self.apply_removal(row, job.opts.remove_on_fail)
+
+    def apply_removal(self, row: _Row, policy: bool | int) -> None:
+        job = row.job
+        if policy is True:
+            self.conn.execute("DELETE FROM conveyor_jobs WHERE pk = ?", (row.pk,))
+        elif policy is not False:
+            self.conn.execute(
+                """DELETE FROM conveyor_jobs WHERE pk IN (
+                    SELECT pk FROM conveyor_jobs WHERE queue = ? AND state = ?
+                    ORDER BY seq DESC LIMIT -1 OFFSET ?)""",
+                (job.queue_name, job.state.value, policy),
+            )
+
+    def child_completed(self, child: JobData) -> None:
+        parent = self.find(child.parent_queue_name, child.parent_id)
+        if parent is None:
+            return
+        key = f"{child.queue_name}:{child.id}"
+        parent.job.children_values[key] = copy_json(child.returnvalue)
+        self.save(parent)
+        self.child_done(parent.job.queue_name, parent.job.id)
+
+    def child_done(self, parent_queue: str, parent_id: str) -> JobState | None:
+        parent = self.find(parent_queue, parent_id)
+        if parent is None:
+            return None
+        job = parent.job
+        if job.pending_children > 0:
+            job.pending_children -= 1
+        if job.pending_children == 0 and job.state is JobState.WAITING_CHILDREN:
+            prev = self.move(parent, JobState.WAITING)
+            self.emit_state(job, prev)
+        else:
+            self.save(parent)
+        return job.state
+
+    def child_failed(self, child: _Row, reason: str) -> None:
+        job = child.job
+        parent = self.find(job.parent_queue_name, job.parent_id)
+        if parent is None:
+            return
+        policy = job.opts.fail_parent_on_child_failure
+        if policy is ChildFailurePolicy.FAIL:
+            self.fail_parent(parent, f"child {job.queue_name}:{job.id} failed: {reason}")
+        elif policy is ChildFailurePolicy.IGNORE:
+            self.child_done(parent.job.queue_name, parent.job.id)
+        else:
+            job.parent_id = None
+            job.parent_queue_name = None
+            self.save(child)
+            self.child_done(parent.job.queue_name, parent.job.id)
+
+    def fail_parent(self, parent: _Row, reason: str) -> bool:
+        if parent.job.state is not JobState.WAITING_CHILDREN:
+            return False
+        self.fail(parent, reason, cancelled=False)
+        return True
+
+
+class SqliteStore:
+    """The store contract on an SQLite file: the embedded default, safe for many processes.
+
+    Any number of processes on one host may open the same file: claims, limits, groups,
+    deduplication and pauses hold across all of them, and each process's subscribers see the
+    others' events (read from an events table every ``event_poll_interval``).
+
+    :param path: the database file (created if missing), or ``":memory:"`` for a private
+        database that lives as long as the store (one process, one store).
+    :param clock: where time comes from (:class:`~conveyor.store.ManualClock` in tests).
+    :param lock_wait: how long a call waits for another process's write lock before it raises
+        :class:`~conveyor.store.StoreError` (default 60 s).
+    :param synchronous: ``"normal"`` (default: survives any process crash) or ``"full"`` (also
+        survives a power cut, at some speed).
+    :param event_poll_interval: how often other processes' events are looked for (default
+        5 ms; only while someone subscribes).
+    :param event_retention: how long events stay in the file for other processes (default 60 s).
+    :param metrics_retention: how long per-minute metrics are kept (default 7 days).
+    :param auto_migrate: create or upgrade the schema on :meth:`connect` (default ``True``).
+    :param on_event_error: called with the exception when a subscriber raises (default: log).
+
+    ::
+
+        async with SqliteStore("jobs.db") as store:
+            ...
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock | None = None,
+        lock_wait: Duration = 60.0,
+        synchronous: str = "normal",
+        event_poll_interval: Duration = 0.005,
+        event_retention: Duration = 60.0,
+        metrics_retention: Duration = "7 days",
+        auto_migrate: bool = True,
+        on_event_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise InvalidArgumentError("path", f"expected a file path, got {type(path).__name__}")
+        path = os.fspath(path)
+        if not path:
+            raise InvalidArgumentError("path", "empty; use ':memory:' for a private database")
+        if clock is not None and not isinstance(clock, Clock):
+            raise InvalidArgumentError("clock", "expected an object with a time() method")
+        try:
+            self._synchronous = _Synchronous(str(synchronous).lower())
+        except ValueError:
+            raise InvalidArgumentError(
+                "synchronous", f"expected 'normal' or 'full', got {synchronous!r}"
+            ) from None
+        if not isinstance(auto_migrate, bool):
+            raise InvalidArgumentError("auto_migrate", "expected True or False")
+        self._path = path
+        self._memory = path == ":memory:"
+        self._clock: Clock = clock or SystemClock()
+        self._lock_wait = parse_duration(lock_wait, "lock_wait", allow_zero=False)
+        self._poll_interval = parse_duration(
+            event_poll_interval, "event_poll_interval", allow_zero=False
+        )
+        self._event_retention = parse_duration(event_retention, "event_retention", allow_zero=False)
+        retention = parse_duration(metrics_retention, "metrics_retention", allow_zero=False)
+        self._metrics_minutes = max(int(retention // 60), 1)
+        self._auto_migrate = auto_migrate
+        self._on_event_error = on_event_error
+        self._lifecycle = _Lifecycle.NEW
+        self._conn: sqlite3.Connection | None = None
+        self._origin = uuid.uuid4().hex
+        self._subscribers: dict[str | None, list[EventCallback]] = {}
+        self._poller: EventPoller | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._offloaded: anyio.Event | None = None
+        self._next_prune = 0.0
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SqliteStore:
+        """Build from ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
+        ``sqlite://:memory:``. Query parameters are options (``?lock_wait=10``); keyword
+        options win over them."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "sqlite":
+            raise InvalidArgumentError("url", f"SqliteStore takes sqlite:// URLs, not {url!r}")
+        if parts.netloc == ":memory:" or (not parts.netloc and parts.path == "/:memory:"):
+            path = ":memory:"
+        elif parts.netloc:
+            raise InvalidArgumentError(
+                "url",
+                f"{url!r} names a host; write sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db",
+            )
+        else:
+            path = urllib.parse.unquote(parts.path[1:])
+            if not path:
+                raise InvalidArgumentError("url", f"{url!r} names no file")
+        query: dict[str, Any] = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+        if "auto_migrate" in query:
+            query["auto_migrate"] = query["auto_migrate"].lower() in ("1", "true", "yes", "on")
+        known = {"lock_wait", "synchronous", "event_poll_interval", "event_retention"}
+        known |= {"metrics_retention", "auto_migrate"}
+        unknown = sorted(set(query) - known)
+        if unknown:
+            raise InvalidArgumentError(
+                "url", f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        return cls(path, **{**query, **options})
+
+    @property
+    def path(self) -> str:
+        """The database file (``":memory:"`` for a private database)."""
+        return self._path
+
+    @property
+    def connected(self) -> bool:
+        """Whether the store is connected (and not yet disconnected)."""
+        return self._lifecycle is _Lifecycle.CONNECTED
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {self._path!r} {self._lifecycle.value}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self._lifecycle is _Lifecycle.CLOSED:
+            raise StoreError("this SqliteStore was disconnected; create a new one")
+        if self._lifecycle is _Lifecycle.CONNECTED:
+            raise StoreError("this SqliteStore is already connected")
+        self._token = anyio.lowlevel.current_token()
+        # Opening and migrating may wait on other processes: do it off the event loop.
+        self._conn = await anyio.to_thread.run_sync(self._open)
+        self._lifecycle = _Lifecycle.CONNECTED
+        if self._subscribers:
+            self._start_poller()
+
+    def _open(self) -> sqlite3.Connection:
+        where = "the in-memory database" if self._memory else repr(self._path)
+        if not self._memory:
+            folder = os.path.dirname(os.path.abspath(self._path))
+            if not os.path.isdir(folder):
+                raise StoreError(f"cannot open {where}: folder {folder!r} does not exist")
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {where}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._lock_wait * 1000)}")
+            # Checked (reading only) before anything is written: a foreign file stays as it was.
+            check_database(conn, where)
+            if not self._memory:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"cannot put {where} in WAL mode (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous.value.upper()}")
+            conn.execute("PRAGMA foreign_keys = OFF")
+            migrate(conn, where, apply=self._auto_migrate)
+            # From now on the event loop never blocks on another process's lock: see _run.
+            conn.execute("PRAGMA busy_timeout = 0")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"cannot use {where}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def disconnect(self) -> None:
+        await checkpoint()
+        if self._lifecycle is _Lifecycle.CLOSED:
+            return
+        self._lifecycle = _Lifecycle.CLOSED
+        self._subscribers.clear()
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(poller.stop)
+        if self._offloaded is not None:
+            with anyio.CancelScope(shield=True):
+                await self._offloaded.wait()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.disconnect()
+
+    async def now(self) -> datetime:
+        await self._enter()
+        return from_timestamp(self._clock.time())
+
+    async def _enter(self) -> sqlite3.Connection:
+        await checkpoint()
+        while self._offloaded is not None:
+            await self._offloaded.wait()
+        if self._lifecycle is not _Lifecycle.CONNECTED or self._conn is None:
+            state = (
+                "was disconnected" if self._lifecycle is _Lifecycle.CLOSED else "is not connected"
+            )
+            raise StoreError(
+                f"this SqliteStore {state}; use `async with store:` or `await store.connect()`"
+            )
+        return self._conn
+
+    # -- running transactions ----------------------------------------------------------------------
+
+    async def _write(self, body: Callable[[_Tx], T], *, offload: bool = False) -> T:
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction, waiting out other writers."""
+        return await self._run(body, write=True, offload=offload)
+
+    async def _read(self, body: Callable[[_Tx], T]) -> T:
+        """Run ``body`` in one read transaction (a consistent snapshot)."""
+        return await self._run(body, write=False, offload=False)
+
+    async def _run(self, body: Callable[[_Tx], T], *, write: bool, offload: bool) -> T:
+        conn = await self._enter()
+        deadline: float | None = None
+        backoff = 0.0005
+        while True:
+            tx = _Tx(self, conn, self._clock.time())
+            try:
+                if offload:
+                    done = self._offloaded = anyio.Event()
+                    try:
+                        with anyio.CancelScope(shield=True):
+                            result = await anyio.to_thread.run_sync(self._attempt, tx, body, write)
+                    finally:
+                        self._offloaded = None
+                        done.set()
+                else:
+                    result = self._attempt(tx, body, write)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise StoreError(f"SQLite error on {self._path!r}: {exc}") from exc
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self._lock_wait
+                elif now >= deadline:
+                    raise StoreError(
+                        f"{self._path!r} stayed locked by another connection for "
+                        f"{self._lock_wait:g} s (lock_wait); is a process stuck in a transaction?"
+                    ) from exc
+                await anyio.sleep(random.uniform(0.0, backoff))
+                backoff = min(backoff * 2, 0.05)
+                conn = await self._enter()
+                continue
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite error on {self._path!r}: {exc}") from exc
+            if tx.events:
+                self._deliver_local(tx.events)
+            return result
+
+    def _attempt(self, tx: _Tx, body: Callable[[_Tx], T], write: bool) -> T:
+        conn = tx.conn
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            result = body(tx)
+            if write:
+                tx.flush()
+                self._maybe_prune(tx)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def _maybe_prune(self, tx: _Tx) -> None:
+        """Now and then, inside a write: drop events older than ``event_retention``."""
+        wall = time.monotonic()
+        if wall < self._next_prune:
+            return
+        self._next_prune = wall + 1.0
+        cutoff = time.time() - self._event_retention
+        row = tx.conn.execute(
+            "SELECT id FROM conveyor_events WHERE at >= ? ORDER BY id LIMIT 1", (cutoff,)
+        ).fetchone()
+        if row is None:
+            tx.conn.execute("DELETE FROM conveyor_events WHERE at < ?", (cutoff,))
+        else:
+            tx.conn.execute("DELETE FROM conveyor_events WHERE id < ?", (row[0],))
+
+    # -- adding ------------------------------------------------------------------------------------
+
+    async def save_job(self, job: JobData) -> str:
+        clean = validate_new_job(job)
+        if clean.parent_id is not None:
+            raise InvalidArgumentError("job.parent_id", "children are added with save_flow()")
+        ids = await self._write(lambda tx: self._insert(tx, [clean], flow=False))
+        return ids[0]
+
+    async def save_bulk(self, jobs: Sequence[JobData]) -> list[str]:
+        clean = check_jobs(jobs)
+        for i, job in enumerate(clean):
+            if job.parent_id is not None:
+                raise InvalidArgumentError(
+                    f"jobs[{i}].parent_id", "children are added with save_flow()"
+                )
+        return await self._write(
+            lambda tx: self._insert(tx, clean, flow=False), offload=len(clean) > _OFFLOAD_ROWS
+        )
+
+    async def save_flow(self, jobs: Sequence[JobData]) -> list[str]:
+        clean = check_jobs(jobs)
+        members = {(job.queue_name, job.id) for job in clean}
+        for i, job in enumerate(clean):
+            if job.parent_id is not None and (job.parent_queue_name, job.parent_id) not in members:
+                raise InvalidArgumentError(
+                    f"jobs[{i}].parent_id",
+                    f"parent {job.parent_queue_name}:{job.parent_id} is not part of the flow",
+                )
+        return await self._write(
+            lambda tx: self._insert(tx, clean, flow=True), offload=len(clean) > _OFFLOAD_ROWS
+        )
+
+    def _holder(self, tx: _Tx, queue: str, key: str) -> str | None:
+        row = tx.conn.execute(
+            """SELECT id FROM conveyor_jobs WHERE queue = ? AND dedup_key = ? AND (
+                dedup_until > ? OR (dedup_until IS NULL AND state NOT IN ('completed', 'failed')))
+            ORDER BY pk DESC LIMIT 1""",
+            (queue, key, tx.now),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _insert(self, tx: _Tx, jobs: list[JobData], *, flow: bool) -> list[str]:
+        conn = tx.conn
+        now = tx.now
+        # Decide everything first, so that a refused job leaves nothing half-added.
+        holders: list[str | None] = []
+        keys_here: dict[tuple[str, str], str] = {}
+        group_here: dict[tuple[str, str], int] = {}
+        for job in jobs:
+            key = job.deduplication_key
+            if key is not None and not flow:
+                holder = keys_here.get((job.queue_name, key)) or self._holder(
+                    tx, job.queue_name, key
+                )
+                if holder is not None:
+                    holders.append(holder)
+                    continue
+                keys_here[(job.queue_name, key)] = job.id
+            group = job.opts.group
+            if group is not None and group.max_size is not None:
+                slot = (job.queue_name, group.id)
+                if slot not in group_here:
+                    row = conn.execute(
+                        "SELECT queued FROM conveyor_lanes WHERE queue = ? AND lane = ?", slot
+                    ).fetchone()
+                    group_here[slot] = 0 if row is None else int(row[0])
+                if group_here[slot] >= group.max_size:
+                    raise GroupFullError(job.queue_name, group.id, group.max_size)
+                group_here[slot] += 1
+            holders.append(None)
+
+        pending: dict[tuple[str, str], int] = {}
+        if flow:
+            for job in jobs:
+                if job.parent_id is not None and job.parent_queue_name is not None:
+                    parent = (job.parent_queue_name, job.parent_id)
+                    pending[parent] = pending.get(parent, 0) + 1
+        created = from_timestamp(now)
+        ids: list[str] = []
+        rows: list[tuple[Any, ...]] = []
+        queues: set[str] = set()
+        for job, holder in zip(jobs, holders, strict=True):
+            if holder is not None:
+                ids.append(holder)
+                continue
+            job.created_at = created
+            if job.opts.delay > 0:
+                job.delay_until = from_timestamp(now + job.opts.delay)
+            children = pending.get((job.queue_name, job.id), 0)
+            if children:
+                job.state = JobState.WAITING_CHILDREN
+                job.pending_children = children
+            elif job.delay_until is not None and job.delay_until.timestamp() > now:
+                job.state = JobState.DELAYED
+            else:
+                job.state = JobState.WAITING
+                job.delay_until = None
+            dedup = job.opts.deduplication
+            if flow:
+                job.deduplication_key = None
+            elif job.deduplication_key is not None and dedup is not None and dedup.ttl is not None:
+                job.deduplication_until = from_timestamp(now + dedup.ttl)
+            rows.append(
+                (
+                    job.queue_name,
+                    job.id,
+                    job.name,
+                    job.state.value,
+                    job.group_id or "",
+                    job.opts.priority,
+                    tx.seq_for(job),
+                    now,
+                    _ts(job.delay_until),
+                    job.deduplication_key,
+                    _ts(job.deduplication_until),
+                    job.parent_queue_name,
+                    job.parent_id,
+                    _record(job),
+                )
+            )
+            queues.add(job.queue_name)
+            tx.emit_state(job, None)
+            ids.append(job.id)
+        conn.executemany(
+            "INSERT OR IGNORE INTO conveyor_queues (name) VALUES (?)", [(q,) for q in queues]
+        )
+        try:
+            conn.executemany(
+                """INSERT INTO conveyor_jobs (queue, id, name, state, lane, priority, seq,
+                    created_at, delay_until, dedup_key, dedup_until, parent_queue, parent_id,
+                    record)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                rows,
+            )
+        except sqlite3.IntegrityError:
+            for row in rows:
+                exists = conn.execute(
+                    "SELECT 1 FROM conveyor_jobs WHERE queue = ? AND id = ?", row[:2]
+                ).fetchone()
+                if exists is not None:
+                    raise DuplicateJobError(row[0], row[1]) from None
+            raise
+        return ids
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def get_job(self, queue_name: str, job_id: str) -> JobData | None:
+        check_name(queue_name, "queue_name")
+        check_name(job_id, "job_id")
+
+        def body(tx: _Tx) -> JobData | None:
+            row = tx.find(queue_name, job_id)
+            return None if row is None else row.job
+
+        return await self._read(body)
+
+    async def find_job_by_id(self, job_id: str) -> JobData | None:
+        check_name(job_id, "job_id")
+
+        def body(tx: _Tx) -> JobData | None:
+            row = tx.conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE id = ? ORDER BY pk LIMIT 1",
+                (job_id,),
+            ).fetchone()
+            return None if row is None else _load(row).job
+
+        return await self._read(body)
+
+    async def find_by_deduplication_key(self, queue_name: str, key: str) -> JobData | None:
+        check_name(queue_name, "queue_name")
+        check_name(key, "key")
+
+        def body(tx: _Tx) -> JobData | None:
+            holder = self._holder(tx, queue_name, key)
+            row = None if holder is None else tx.find(queue_name, holder)
+            return None if row is None else row.job
+
+        return await self._read(body)
+
+    # -- changing ----------------------------------------------------------------------------------
+
+    async def update_job(
+        self,
+        queue_name: str,
+        job_id: str,
+        updates: Mapping[str, Any],
+        *,
+        expected_state: JobState | None = None,
+    ) -> bool:
+        check_name(queue_name, "queue_name")
+        check_name(job_id, "job_id")
+        clean = check_updates(updates)
+        if expected_state is not None:
+            expected_state = JobState.parse(expected_state, "expected_state")
+
+        def body(tx: _Tx) -> bool:
+            row = tx.find(queue_name, job_id)
+            if row is None or (expected_state is not None and row.job.state is not expected_state):
+                return False
+            job = row.job
+            changes = dict(clean)
+            new_state = changes.pop("state", job.state)
+            if new_state is not job.state:
+                if job.state is JobState.ACTIVE:
+                    raise InvalidJobStateError(
+                        f"job {job_id!r} is active: its worker ends it (finish, release or cancel)"
+                    )
+                if new_state not in (JobState.WAITING, JobState.DELAYED):
+                    raise InvalidJobStateError(
+                        f"update_job moves a job only to waiting or delayed, not {new_state.value}"
+                    )
+            delay_until = changes.get("delay_until", job.delay_until)
+            if new_state is JobState.DELAYED and delay_until is None:
+                raise InvalidArgumentError(
+                    "updates.delay_until", "a delayed job needs a delay_until"
+                )
+            prev = job.state
+            for key, value in changes.items():
+                setattr(job, key, value)
+            if new_state is JobState.WAITING and prev is not JobState.WAITING:
+                job.delay_until = None
+            job.state = new_state
+            if new_state is not prev or (
+                prev is JobState.DELAYED and ("opts" in changes or "delay_until" in changes)
+            ):
+                tx.save(row, seq=tx.seq_for(job))
+            else:
+                tx.save(row)
+            if new_state is not prev:
+                tx.emit_state(job, prev)
+            if "progress" in changes:
+                tx.emit(queue_name, EventType.PROGRESS, job_id, progress=copy_json(job.progress))
+            return True
+
+        return await self._write(body)
+
+    async def add_log(self, queue_name: str, job_id: str, message: str) -> int:
+        check_name(queue_name, "queue_name")
+        check_name(job_id, "job_id")
+        if not isinstance(message, str):
+            raise InvalidArgumentError("message", f"expected str, got {type(message).__name__}")
+
+        def body(tx: _Tx) -> int:
+            row = tx.find(queue_name, job_id)
+            if row is None:
+                raise JobNotFoundError(queue_name, job_id)
+            row.job.logs.append(message)
+            tx.save(row)
+            return len(row.job.logs)
+
+        return await self._write(body)
+
+    def _children(self, tx: _Tx, queue: str, job_id: str) -> list[_Row]:
+        rows = tx.conn.execute(
+            f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs
+            WHERE parent_queue = ? AND parent_id = ? ORDER BY pk""",
+            (queue, job_id),
+        ).fetchall()
+        return [_load(row) for row in rows]
+
+    def _descendants(self, tx: _Tx, row: _Row) -> list[_Row]:
+        """The job, then its children, depth first (parents before children)."""
+        out = [row]
+        for child in self._children(tx, row.job.queue_name, row.job.id):
+            out.extend(self._descendants(tx, child))
+        return out
+
+    async def remove_job(self, queue_name: str, job_id: str) -> bool:
+        check_name(queue_name, "queue_name")
+        check_name(job_id, "job_id")
+
+        def body(tx: _Tx) -> bool:
+            row = tx.find(queue_name, job_id)
+            if row is None:
+                return False
+            doomed = self._descendants(tx, row)
+            for item in doomed:
+                if item.job.state is JobState.ACTIVE:
+                    raise InvalidJobStateError(
+                        f"job {item.job.queue_name}:{item.job.id} is active; cancel it or wait "
+                        "for it to finish"
+                    )
+            for item in reversed(doomed):
+                # Removing a child may have moved its parent: read each one afresh.
+                fresh = tx.find(item.job.queue_name, item.job.id)
+                if fresh is None:
+                    continue
+                tx.delete(fresh)
+                tx.emit(
+                    fresh.job.queue_name,
+                    EventType.REMOVED,
+                    fresh.job.id,
+                    prev=fresh.job.state.value,
+                )
+            return True
+
+        return await self._write(body)
+
+    async def cancel_job(self, queue_name: str, job_id: str) -> JobData | None:
+        check_name(queue_name, "queue_name")
+        check_name(job_id, "job_id")
+
+        def body(tx: _Tx) -> JobData | None:
+            row = tx.find(queue_name, job_id)
+            if row is None:
+                return None
+            job = row.job
+            if job.state in TERMINAL_STATES:
+                raise InvalidJobStateError(f"job {job_id!r} already {job.state.value}")
+            if job.state is JobState.ACTIVE:
+                if job.cancelled_at is None:
+                    job.cancelled_at = from_timestamp(tx.now)
+                    tx.save(row)
+                    tx.emit(queue_name, EventType.CANCEL_REQUESTED, job_id)
+                return job
+            tx.fail(row, "cancelled", cancelled=True)
+            return job
+
+        return await self._write(body)
+
+    # -- claiming ----------------------------------------------------------------------------------
+
+    async def fetch_next_job(
+        self,
+        queue_name: str,
+        worker_id: str,
+        lock_duration: Duration,
+        opts: FetchOptions | None = None,
+    ) -> JobData | None:
+        jobs = await self.fetch_next_jobs(queue_name, worker_id, lock_duration, 1, opts)
+        return jobs[0] if jobs else None
+
+    async def fetch_next_jobs(
+        self,
+        queue_name: str,
+        worker_id: str,
+        lock_duration: Duration,
+        limit: int,
+        opts: FetchOptions | None = None,
+    ) -> list[JobData]:
+        check_name(queue_name, "queue_name")
+        duration, limit, fetch = check_fetch(worker_id, lock_duration, limit, opts)
+        return await self._write(
+            lambda tx: self._claim(tx, queue_name, worker_id, duration, limit, fetch)
+        )
+
+    def _claim(
+        self,
+        tx: _Tx,
+        queue: str,
+        worker_id: str,
+        duration: float,
+        limit: int,
+        fetch: FetchOptions,
+    ) -> list[JobData]:
+        conn = tx.conn
+        lanes = conn.execute(
+            """SELECT lane, served, active, waiting FROM conveyor_lanes
+            WHERE queue = ? AND waiting > 0 ORDER BY served, lane""",
+            (queue,),
+        ).fetchall()
+        if not lanes:
+            return []
+        paused = {
+            row[0]
+            for row in conn.execute("SELECT name FROM conveyor_paused WHERE queue = ?", (queue,))
+        }
+        if ALL_JOB_NAMES in paused or (fetch.job_name is not None and fetch.job_name in paused):
+            return []
+        now = tx.now
+        if fetch.max_global_concurrency is not None:
+            row = conn.execute(
+                "SELECT total(active) FROM conveyor_lanes WHERE queue = ?", (queue,)
+            ).fetchone()
+            limit = min(limit, fetch.max_global_concurrency - int(row[0]))
+        if fetch.limiter is not None:
+            limit = min(limit, fetch.limiter.max - self._window(tx, queue, "", fetch.limiter))
+        if limit <= 0:
+            return []
+
+        # Round robin: serve the least recently served lane, one job per turn.
+        turns: deque[list[Any]] = deque(
+            [lane, active, waiting]
+            for lane, _served, active, waiting in lanes
+            if not (lane and lane in fetch.exclude_groups)
+        )
+        candidates: dict[str, deque[int]] = {}
+        window_used: dict[str, int] = {}
+        picks: list[tuple[int, str]] = []
+        while turns and len(picks) < limit:
+            entry = turns.popleft()
+            lane, active, _waiting = entry
+            # A lane at its limit stays there for the rest of this call: drop it.
+            if lane and fetch.group_concurrency is not None and active >= fetch.group_concurrency:
+                continue
+            if lane and fetch.group_limiter is not None:
+                if lane not in window_used:
+                    window_used[lane] = self._window(tx, queue, f"g:{lane}", fetch.group_limiter)
+                if window_used[lane] >= fetch.group_limiter.max:
+                    continue
+            queue_for_lane = candidates.get(lane)
+            if queue_for_lane is None:
+                queue_for_lane = candidates[lane] = deque(
+                    self._candidates(tx, queue, lane, fetch, paused, limit - len(picks))
+                )
+            if not queue_for_lane:
+                continue  # nothing claimable in this lane (paused names, job_name)
+            picks.append((queue_for_lane.popleft(), lane))
+            entry[1] += 1
+            if lane in window_used:
+                window_used[lane] += 1
+            turns.append(entry)
+        if not picks:
+            return []
+
+        row = conn.execute("SELECT tick FROM conveyor_queues WHERE name = ?", (queue,)).fetchone()
+        tick = 0 if row is None else int(row[0])
+        served: dict[str, int] = {}
+        claimed: list[JobData] = []
+        rate_rows: list[tuple[str, str, float]] = []
+        processed = from_timestamp(now)
+        lock_until = now + duration
+        for pk, lane in picks:
+            seq = tx.next_seq()
+            token = f"{worker_id}:{seq}"
+            record = conn.execute(
+                """UPDATE conveyor_jobs SET state = 'active', seq = ?, processed_at = ?,
+                    lock_until = ?, locked_by = ?, lock_token = ?
+                WHERE pk = ? RETURNING record""",
+                (seq, now, lock_until, worker_id, token, pk),
+            ).fetchone()[0]
+            job = from_json(record, JobData)
+            job.state = JobState.ACTIVE
+            job.processed_at = processed
+            job.lock_until = from_timestamp(lock_until)
+            job.locked_by = worker_id
+            job.lock_token = token
+            tick += 1
+            served[lane] = tick
+            if fetch.limiter is not None:
+                rate_rows.append((queue, "", now))
+            if fetch.group_limiter is not None and lane:
+                rate_rows.append((queue, f"g:{lane}", now))
+            tx.emit_state(job, JobState.WAITING)
+            claimed.append(job)
+        conn.executemany(
+            "UPDATE conveyor_lanes SET served = ? WHERE queue = ? AND lane = ?",
+            [(tick_, queue, lane) for lane, tick_ in served.items()],
+        )
+        conn.execute("UPDATE conveyor_queues SET tick = ? WHERE name = ?", (tick, queue))
+        if rate_rows:
+            conn.executemany(
+                "INSERT INTO conveyor_rate (queue, scope, at) VALUES (?, ?, ?)", rate_rows
+            )
+        return claimed
+
+    def _window(self, tx: _Tx, queue: str, scope: str, limiter: Any) -> int:
+        """Claims of a rate window still inside it (older ones are forgotten)."""
+        since = tx.now - limiter.duration
+        tx.conn.execute(
+            "DELETE FROM conveyor_rate WHERE queue = ? AND scope = ? AND at <= ?",
+            (queue, scope, since),
+        )
+        row = tx.conn.execute(
+            "SELECT count(*) FROM conveyor_rate WHERE queue = ? AND scope = ?", (queue, scope)
+        ).fetchone()
+        return int(row[0])
+
+    def _candidates(
+        self,
+        tx: _Tx,
+        queue: str,
+        lane: str,
+        fetch: FetchOptions,
+        paused: set[str],
+        limit: int,
+    ) -> list[int]:
+        """Up to ``limit`` claimable jobs of a lane, in claim order."""
+        where = "queue = ? AND lane = ? AND state = 'waiting'"
+        args: list[Any] = [queue, lane]
+        if fetch.job_name is not None:
+            where += " AND name = ?"
+            args.append(fetch.job_name)
+        elif paused:
+            where += " AND name NOT IN (SELECT name FROM conveyor_paused WHERE queue = ?)"
+            args.append(queue)
+        conn = tx.conn
+        if not fetch.lifo:
+            rows = conn.execute(
+                f"SELECT pk FROM conveyor_jobs WHERE {where} ORDER BY priority, seq LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+            return [row[0] for row in rows]
+        # LIFO: the newest of the most urgent priority first, one priority at a time (so the
+        # index serves each step; mixed sort directions would sort the whole lane).
+        out: list[int] = []
+        priority: int | None = None
+        while len(out) < limit:
+            row = conn.execute(
+                f"SELECT min(priority) FROM conveyor_jobs WHERE {where}"
+                + ("" if priority is None else " AND priority > ?"),
+                (*args,) if priority is None else (*args, priority),
+            ).fetchone()
+            if row is None or row[0] is None:
+                break
+            priority = int(row[0])
+            rows = conn.execute(
+                f"""SELECT pk FROM conveyor_jobs WHERE {where} AND priority = ?
+                ORDER BY seq DESC LIMIT ?""",
+                (*args, priority, limit - len(out)),
+            ).fetchall()
+            out.extend(r[0] for r in rows)
+        return out
+
+    def _held(self, tx: _Tx, queue: str, job_id: str, token: str) -> _Row | None:
+        row = tx.conn.execute(
+            f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs
+            WHERE queue = ? AND id = ? AND state = 'active' AND lock_token = ?""",
+            (queue, job_id, token),
+        ).fetchone()
+        return None if row is None else _load(row)
+
+    async def extend_lock(
+        self, queue_name: str, job_id: str, lock_token: str, duration: Duration
+    ) -> bool:
+        check_name(job_id, "job_id")
+        check_name(lock_token, "lock_token")
+        statuses = await self.extend_locks(queue_name, {job_id: lock_token}, duration)
+        return statuses[job_id] is not LockStatus.LOST
+
+    async def extend_locks(
+        self, queue_name: str, locks: Mapping[str, str], duration: Duration
+    ) -> dict[str, LockStatus]:
+        check_name(queue_name, "queue_name")
+        if not isinstance(locks, Mapping):
+            raise InvalidArgumentError("locks", "expected a mapping of job id to lock token")
+        for job_id, token in locks.items():
+            check_name(job_id, "locks")
+            check_name(token, f"locks[{job_id!r}]")
+        seconds = check_lock_duration(duration, "duration")
+        pairs = list(locks.items())
+
+        def body(tx: _Tx) -> dict[str, LockStatus]:
+            out: dict[str, LockStatus] = {}
+            until = tx.now + seconds
+            for job_id, token in pairs:
+                row = tx.conn.execute(
+                    """UPDATE conveyor_jobs SET lock_until = ?
+                    WHERE queue = ? AND id = ? AND state = 'active' AND lock_token = ?
+                    RETURNING json_extract(record, '$.cancelled_at') IS NOT NULL""",
+                    (until, queue_name, job_id, token),
+                ).fetchone()
+                if row is None:
+                    out[job_id] = LockStatus.LOST
+                else:
+                    out[job_id] = LockStatus.CANCEL_REQUESTED if row[0] else LockStatus.EXTENDED
+            return out
+
+        return await self._write(body)
+
+    async def release_lock(self, queue_name: str, job_id: str, lock_token: str) -> bool:
+        check_name(queue_name, "queue_name")
+        check_name(job_id, "job_id")
+        check_name(lock_token, "lock_token")
+
+        def body(tx: _Tx) -> bool:
+            row = self._held(tx, queue_name, job_id, lock_token)
+            if row is None:
+                return False
+            job = row.job
+            tx.record_attempt(job, "released", None, count=False)
+            tx.clear_lock(job)
+            prev = tx.move(row, JobState.WAITING, head=True)
+            tx.emit_state(job, prev)
+            return True
+
+        return await self._write(body)
+
+    async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[bool]:
+        clean = check_outcomes(outcomes)
+        return await self._write(lambda tx: [self._finish(tx, outcome) for outcome in clean])
+
+    def _finish(self, tx: _Tx, outcome: JobOutcome) -> bool:
+        row = self._held(tx, outcome.queue_name, outcome.job_id, outcome.lock_token)
+        if row is None:
+            return False
+        job = row.job
+        kind = outcome.kind
+        if job.cancelled_at is not None and kind in (OutcomeKind.RETRY, OutcomeKind.DELAY):
+            kind = OutcomeKind.FAILED
+            outcome = attrs.evolve(outcome, failed_reason=outcome.failed_reason or "cancelled")
+        tx.record_attempt(
+            job, kind.value, outcome.failed_reason, count=kind is not OutcomeKind.DELAY
+        )
+        tx.clear_lock(job)
+        if outcome.stacktrace is not None:
+            job.stacktrace.append(outcome.stacktrace)
+        if kind is OutcomeKind.COMPLETED:
+            job.returnvalue = outcome.returnvalue
+            job.completed_at = from_timestamp(tx.now)
+            tx.move(row, JobState.COMPLETED)
+            tx.emit_state(job, JobState.ACTIVE, returnvalue=copy_json(outcome.returnvalue))
+            tx.child_completed(job)
+            tx.apply_removal(row, job.opts.remove_on_complete)
+        elif kind is OutcomeKind.FAILED:
+            tx.fail(row, outcome.failed_reason or "failed", cancelled=outcome.cancelled)
+        else:
+            if kind is OutcomeKind.RETRY:
+                job.failed_reason = outcome.failed_reason
+            if outcome.delay > 0:
+                job.delay_until = from_timestamp(tx.now + outcome.delay)
+                tx.move(row, JobState.DELAYED)
+            else:
+                tx.move(row, JobState.WAITING)
+            tx.emit_state(
+                job, JobState.ACTIVE, failed_reason=job.failed_reason,
+                delay_until=job.delay_until and job.delay_until.isoformat(),
+            )  # fmt: skip
+        return True
+
+    # -- flows -------------------------------------------------------------------------------------
+
+    async def notify_child_completed(
+        self, parent_queue_name: str, parent_id: str
+    ) -> JobState | None:
+        check_name(parent_queue_name, "parent_queue_name")
+        check_name(parent_id, "parent_id")
+        return await self._write(lambda tx: tx.child_done(parent_queue_name, parent_id))
+
+    async def fail_parent_on_child_failure(
+        self, parent_queue_name: str, parent_id: str, reason: str
+    ) -> bool:
+        check_name(parent_queue_name, "parent_queue_name")
+        check_name(parent_id, "parent_id")
+        if not isinstance(reason, str):
+            raise InvalidArgumentError("reason", f"expected str, got {type(reason).__name__}")
+
+        def body(tx: _Tx) -> bool:
+            parent = tx.find(parent_queue_name, parent_id)
+            return parent is not None and tx.fail_parent(parent, reason)
+
+        return await self._write(body)
+
+    async def get_children_jobs(self, parent_queue_name: str, parent_id: str) -> list[JobData]:
+        check_name(parent_queue_name, "parent_queue_name")
+        check_name(parent_id, "parent_id")
+        return await self._read(
+            lambda tx: [row.job for row in self._children(tx, parent_queue_name, parent_id)]
+        )
+
+    # -- stalled jobs ------------------------------------------------------------------------------
+
+    def _expired(self, tx: _Tx, queue: str) -> list[_Row]:
+        rows = tx.conn.execute(
+            f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs
+            WHERE queue = ? AND state = 'active' AND lock_until <= ? ORDER BY seq""",
+            (queue, tx.now),
+        ).fetchall()
+        return [_load(row) for row in rows]
+
+    async def get_stalled_jobs(self, queue_name: str) -> list[JobData]:
+        check_name(queue_name, "queue_name")
+        return await self._read(lambda tx: [row.job for row in self._expired(tx, queue_name)])
+
+    async def recover_stalled_jobs(self, queue_name: str, max_stalled_count: int) -> list[JobData]:
+        check_name(queue_name, "queue_name")
+        check_int(max_stalled_count, "max_stalled_count", minimum=0)
+
+        def body(tx: _Tx) -> list[JobData]:
+            out = []
+            for row in self._expired(tx, queue_name):
+                job = row.job
+                job.stalled_count += 1
+                tx.record_attempt(job, "stalled", None, count=False)
+                tx.emit(queue_name, EventType.STALLED, job.id, stalled_count=job.stalled_count)
+                if job.cancelled_at is not None:
+                    tx.fail(row, "cancelled", cancelled=True)
+                elif job.stalled_count > max_stalled_count:
+                    tx.fail(row, "job stalled more than allowable limit", cancelled=False)
+                else:
+                    tx.clear_lock(job)
+                    prev = tx.move(row, JobState.WAITING, head=True)
+                    tx.emit_state(job, prev)
+                out.append(job)
+            return out
+
+        return await self._write(body)
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    async def get_active_count(self, queue_name: str) -> int:
+        return await self.count_jobs(queue_name, JobState.ACTIVE)
+
+    async def list_jobs(
+        self, queue_name: str, state: JobState, start: int = 0, end: int = 100
+    ) -> list[JobData]:
+        check_name(queue_name, "queue_name")
+        state = JobState.parse(state)
+        check_int(start, "start", minimum=0)
+        check_int(end, "end", minimum=-1)
+        order = {
+            JobState.WAITING: "priority, seq",
+            JobState.DELAYED: "delay_until, seq",
+            JobState.COMPLETED: "seq DESC",
+            JobState.FAILED: "seq DESC",
+        }.get(state, "seq")
+        count = -1 if end == -1 else max(end - start + 1, 0)
+
+        def body(tx: _Tx) -> list[JobData]:
+            rows = tx.conn.execute(
+                f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE queue = ? AND state = ?
+                ORDER BY {order} LIMIT ? OFFSET ?""",
+                (queue_name, state.value, count, start),
+            ).fetchall()
+            return [_load(row).job for row in rows]
+
+        return await self._read(body)
+
+    @staticmethod
+    def _count(tx: _Tx, queue: str, state: JobState) -> int:
+        row = tx.conn.execute(
+            "SELECT count(*) FROM conveyor_jobs WHERE queue = ? AND state = ?",
+            (queue, state.value),
+        ).fetchone()
+        return int(row[0])
+
+    async def count_jobs(self, queue_name: str, state: JobState) -> int:
+        check_name(queue_name, "queue_name")
+        state = JobState.parse(state)
+        return await self._read(lambda tx: self._count(tx, queue_name, state))
+
+    async def get_job_counts(self, queue_name: str) -> dict[JobState, int]:
+        check_name(queue_name, "queue_name")
+        return await self._read(
+            lambda tx: {state: self._count(tx, queue_name, state) for state in JobState}
+        )
+
+    async def get_next_delayed_timestamp(self, queue_name: str) -> datetime | None:
+        check_name(queue_name, "queue_name")
+
+        def body(tx: _Tx) -> datetime | None:
+            row = tx.conn.execute(
+                """SELECT delay_until FROM conveyor_jobs WHERE queue = ? AND state = 'delayed'
+                ORDER BY delay_until LIMIT 1""",
+                (queue_name,),
+            ).fetchone()
+            return None if row is None else from_timestamp(row[0])
+
+        return await self._read(body)
+
+    async def list_queues(self) -> list[str]:
+        def body(tx: _Tx) -> list[str]:
+            # Distinct queue names by index seeks, one per queue (not a scan of every job).
+            rows = tx.conn.execute(
+                """WITH RECURSIVE names(name) AS (
+                    SELECT min(queue) FROM conveyor_jobs
+                    UNION ALL
+                    SELECT (SELECT min(queue) FROM conveyor_jobs WHERE queue > names.name)
+                    FROM names WHERE names.name IS NOT NULL
+                )
+                SELECT name FROM names WHERE name IS NOT NULL
+                UNION SELECT queue FROM conveyor_paused ORDER BY 1"""
+            ).fetchall()
+            return [str(row[0]) for row in rows]
+
+        return await self._read(body)
+
+    async def _lane_count(self, queue_name: str, group_id: str, column: str) -> int:
+        check_name(queue_name, "queue_name")
+        check_name(group_id, "group_id")
+
+        def body(tx: _Tx) -> int:
+            row = tx.conn.execute(
+                f"SELECT {column} FROM conveyor_lanes WHERE queue = ? AND lane = ?",
+                (queue_name, group_id),
+            ).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._read(body)
+
+    async def get_group_active_count(self, queue_name: str, group_id: str) -> int:
+        return await self._lane_count(queue_name, group_id, "active")
+
+    async def get_waiting_group_count(self, queue_name: str, group_id: str) -> int:
+        return await self._lane_count(queue_name, group_id, "waiting")
+
+    async def get_metrics(
+        self,
+        queue_name: str,
+        kind: MetricKind,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> Metrics:
+        check_name(queue_name, "queue_name")
+        kind = _metric_kind(kind)
+        first = -math.inf if start is None else to_utc(start, "start").timestamp() // 60
+        last = math.inf if end is None else to_utc(end, "end").timestamp() // 60
+        column = "completed" if kind is MetricKind.COMPLETED else "failed"
+
+        def body(tx: _Tx) -> Metrics:
+            total = tx.conn.execute(
+                f"SELECT {column} FROM conveyor_queues WHERE name = ?", (queue_name,)
+            ).fetchone()
+            oldest = int(tx.now // 60) - self._metrics_minutes
+            rows = tx.conn.execute(
+                """SELECT minute, count FROM conveyor_metrics
+                WHERE queue = ? AND kind = ? AND minute >= ? ORDER BY minute""",
+                (queue_name, kind.value, oldest),
+            ).fetchall()
+            buckets = [
+                MetricsBucket(from_timestamp(minute * 60), count)
+                for minute, count in rows
+                if first <= minute <= last
+            ]
+            return Metrics(kind, 0 if total is None else int(total[0]), buckets)
+
+        return await self._read(body)
+
+    # -- delays ------------------------------------------------------------------------------------
+
+    async def promote_delayed_jobs(self, queue_name: str) -> int:
+        check_name(queue_name, "queue_name")
+        return await self._write(lambda tx: self._promote(tx, queue_name, due=True))
+
+    async def promote_jobs(self, queue_name: str) -> int:
+        check_name(queue_name, "queue_name")
+        return await self._write(lambda tx: self._promote(tx, queue_name, due=False))
+
+    def _promote(self, tx: _Tx, queue: str, *, due: bool) -> int:
+        rows = tx.conn.execute(
+            f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE queue = ? AND state = 'delayed'
+            {"AND delay_until <= ?" if due else ""} ORDER BY delay_until, seq""",
+            (queue, tx.now) if due else (queue,),
+        ).fetchall()
+        for raw in rows:
+            row = _load(raw)
+            row.job.delay_until = None
+            prev = tx.move(row, JobState.WAITING)
+            tx.emit_state(row.job, prev)
+        return len(rows)
+
+    # -- pause / resume ----------------------------------------------------------------------------
+
+    async def pause_job_name(self, queue_name: str, job_name: str) -> None:
+        check_name(queue_name, "queue_name")
+        check_name(job_name, "job_name")
+
+        def body(tx: _Tx) -> None:
+            tx.conn.execute(
+                "INSERT OR IGNORE INTO conveyor_paused (queue, name) VALUES (?, ?)",
+                (queue_name, job_name),
+            )
+            tx.emit(queue_name, EventType.PAUSED, None, job_name=job_name)
+
+        await self._write(body)
+
+    async def resume_job_name(self, queue_name: str, job_name: str) -> None:
+        check_name(queue_name, "queue_name")
+        check_name(job_name, "job_name")
+
+        def body(tx: _Tx) -> None:
+            tx.conn.execute(
+                "DELETE FROM conveyor_paused WHERE queue = ? AND name = ?", (queue_name, job_name)
+            )
+            tx.emit(queue_name, EventType.RESUMED, None, job_name=job_name)
+
+        await self._write(body)
+
+    async def get_paused_job_names(self, queue_name: str) -> list[str]:
+        check_name(queue_name, "queue_name")
+
+        def body(tx: _Tx) -> list[str]:
+            rows = tx.conn.execute(
+                "SELECT name FROM conveyor_paused WHERE queue = ? ORDER BY name", (queue_name,)
+            ).fetchall()
+            return [str(row[0]) for row in rows]
+
+        return await self._read(body)
+
+    # -- maintenance -------------------------------------------------------------------------------
+
+    async def clean(
+        self, queue_name: str, state: JobState, grace: Duration, limit: int | None = None
+    ) -> int:
+        check_name(queue_name, "queue_name")
+        state = JobState.parse(state)
+        if state is JobState.ACTIVE:
+            raise InvalidArgumentError("state", "active jobs cannot be cleaned")
+        seconds = parse_duration(grace, "grace")
+        if limit is not None:
+            check_int(limit, "limit", minimum=1)
+
+        def body(tx: _Tx) -> int:
+            cutoff = tx.now - seconds
+            if state in TERMINAL_STATES:
+                where, order = "finished_at <= ?", "seq"
+            else:
+                where = "created_at <= ?"
+                order = {
+                    JobState.WAITING: "created_at, priority, seq",
+                    JobState.DELAYED: "created_at, delay_until, seq",
+                }.get(state, "created_at, seq")
+            rows = tx.conn.execute(
+                f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs
+                WHERE queue = ? AND state = ? AND {where} ORDER BY {order} LIMIT ?""",
+                (queue_name, state.value, cutoff, -1 if limit is None else limit),
+            ).fetchall()
+            for raw in rows:
+                tx.delete(_load(raw))
+            tx.emit(queue_name, EventType.CLEANED, None, state=state.value, count=len(rows))
+            return len(rows)
+
+        return await self._write(body)
+
+    async def drain(self, queue_name: str) -> int:
+        check_name(queue_name, "queue_name")
+
+        def body(tx: _Tx) -> int:
+            rows = tx.conn.execute(
+                f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs
+                WHERE queue = ? AND state IN ('waiting', 'delayed')""",
+                (queue_name,),
+            ).fetchall()
+            for raw in rows:
+                tx.delete(_load(raw))
+            tx.emit(queue_name, EventType.DRAINED, None, count=len(rows))
+            return len(rows)
+
+        return await self._write(body)
+
+    async def obliterate(self, queue_name: str, *, force: bool = False) -> None:
+        check_name(queue_name, "queue_name")
+
+        def body(tx: _Tx) -> None:
+            active = self._count(tx, queue_name, JobState.ACTIVE)
+            if active and not force:
+                raise InvalidJobStateError(
+                    f"queue {queue_name!r} has {active} active jobs; pass force=True to remove "
+                    "it anyway"
+                )
+            conn = tx.conn
+            exists = conn.execute(
+                "SELECT 1 FROM conveyor_queues WHERE name = ? UNION ALL "
+                "SELECT 1 FROM conveyor_paused WHERE queue = ? LIMIT 1",
+                (queue_name, queue_name),
+            ).fetchone()
+            if exists is None:
+                return
+            # Children in other queues of this queue's jobs lose their parent; parents in
+            # other queues of this queue's unfinished jobs stop waiting for them.
+            rows = conn.execute(
+                f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE queue = ?
+                AND parent_id IS NOT NULL AND parent_queue != ?
+                AND state NOT IN ('completed', 'failed')""",
+                (queue_name, queue_name),
+            ).fetchall()
+            conn.execute("DELETE FROM conveyor_jobs WHERE queue = ?", (queue_name,))
+            for raw in rows:
+                row = _load(raw)
+                parent_queue, parent_id = row.job.parent_queue_name, row.job.parent_id
+                if parent_queue is not None and parent_id is not None:
+                    tx.child_done(parent_queue, parent_id)
+            for table, column in (
+                ("conveyor_paused", "queue"),
+                ("conveyor_lanes", "queue"),
+                ("conveyor_rate", "queue"),
+                ("conveyor_metrics", "queue"),
+                ("conveyor_queues", "name"),
+            ):
+                conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (queue_name,))
+            tx.emit(queue_name, EventType.OBLITERATED, None)
+
+        await self._write(body)
+
+    async def retry_jobs(self, queue_name: str, state: JobState = JobState.FAILED) -> int:
+        check_name(queue_name, "queue_name")
+        state = JobState.parse(state)
+        if state not in TERMINAL_STATES:
+            raise InvalidArgumentError("state", "only failed or completed jobs can be retried")
+
+        def body(tx: _Tx) -> int:
+            rows = tx.conn.execute(
+                f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE queue = ? AND state = ?
+                ORDER BY seq""",
+                (queue_name, state.value),
+            ).fetchall()
+            for raw in rows:
+                row = _load(raw)
+                job = row.job
+                job.attempts_made = 0
+                job.stalled_count = 0
+                job.failed_reason = None
+                job.returnvalue = None
+                job.processed_at = job.completed_at = job.failed_at = job.cancelled_at = None
+                job.discarded = False
+                prev = tx.move(row, JobState.WAITING)
+                tx.emit_state(job, prev)
+            return len(rows)
+
+        return await self._write(body)
+
+    async def truncate_all(self) -> None:
+        """Remove every job, queue, paused name, metric and event from the file. For tests."""
+
+        def body(tx: _Tx) -> None:
+            for table in (
+                "conveyor_jobs",
+                "conveyor_lanes",
+                "conveyor_queues",
+                "conveyor_paused",
+                "conveyor_rate",
+                "conveyor_metrics",
+                "conveyor_events",
+            ):
+                tx.conn.execute(f"DELETE FROM {table}")
+
+        await self._write(body)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def subscribe(self, queue_name: str | None, callback: EventCallback) -> None:
+        if queue_name is not None:
+            check_name(queue_name, "queue_name")
+        if not callable(callback):
+            raise InvalidArgumentError("callback", "must be callable")
+        self._subscribers.setdefault(queue_name, []).append(callback)
+        if self._lifecycle is _Lifecycle.CONNECTED and self._poller is None:
+            self._start_poller()
+
+    def unsubscribe(self, queue_name: str | None, callback: EventCallback | None = None) -> None:
+        callbacks = self._subscribers.get(queue_name)
+        if callbacks is None:
+            return
+        if callback is None:
+            callbacks.clear()
+        else:
+            self._subscribers[queue_name] = [c for c in callbacks if c != callback]
+        if not self._subscribers[queue_name]:
+            del self._subscribers[queue_name]
+
+    async def publish(self, event: StoreEvent) -> None:
+        clean = check_event(event)
+
+        def body(tx: _Tx) -> None:
+            published = clean
+            if published.timestamp is None:
+                published = attrs.evolve(published, timestamp=from_timestamp(tx.now))
+            tx.events.append(published)
+
+        await self._write(body)
+
+    def _start_poller(self) -> None:
+        if self._memory or self._token is None:
+            return  # a private in-memory database has no other process to hear from
+        self._poller = EventPoller(
+            self._path, self._origin, self._poll_interval, self._token, self._deliver_foreign
+        )
+
+    def _deliver_local(self, events: Iterable[StoreEvent]) -> None:
+        if self._subscribers:
+            self._deliver(events)
+
+    def _deliver_foreign(self, events: list[StoreEvent]) -> None:
+        if self._lifecycle is _Lifecycle.CONNECTED:
+            self._deliver(events)
+
+    def _deliver(self, events: Iterable[StoreEvent]) -> None:
+        subscribers = self._subscribers
+        everything = subscribers.get(None, ())
+        for event in events:
+            for callback in [*subscribers.get(event.queue_name, ()), *everything]:
+                try:
+                    callback(event)
+                except Exception as exc:
+                    if self._on_event_error is not None:
+                        self._on_event_error(exc)
+                    else:
+                        log.warning("event subscriber %r raised", callback, exc_info=exc)
