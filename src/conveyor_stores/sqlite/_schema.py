@@ -9,11 +9,12 @@ Tables:
   a negative seq for the head of a priority; delayed by (delay_until, seq); active by claim;
   completed and failed by finishing; waiting-children by arrival.
 * ``conveyor_lanes``: per queue and lane (a group id, or ``''`` for jobs without a group), when
-  the lane was last served and how many of its jobs are waiting, active, and queued (waiting or
-  delayed). Triggers keep the counts, so no code path can forget them.
+  the lane was last served and, for groups, how many of its jobs are waiting, active, and
+  queued (waiting or delayed). Triggers keep the group counts, so no code path can forget them;
+  jobs without a group skip them (a trigger costs more than the insert it rides on).
 * ``conveyor_queues``: the round-robin tick and lifetime finished totals of each queue.
 * ``conveyor_paused``, ``conveyor_rate`` (claim times for rate limits), ``conveyor_metrics``
-  (finished jobs per minute, counted by a trigger), ``conveyor_meta`` (the sequence that orders
+  (finished jobs per minute), ``conveyor_meta`` (the sequence that orders
   jobs and makes lock tokens unique across processes), ``conveyor_events`` (events for other
   processes, read by rowid).
 """
@@ -30,25 +31,23 @@ from conveyor.store import StoreError
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_database", "migrate"]
 
-_WAITING_COUNTS = """
-    waiting = waiting {op} ({row}.state = 'waiting'),
-    active = active {op} ({row}.state = 'active'),
-    queued = queued {op} ({row}.state IN ('waiting', 'delayed'))
-"""
-
 _ADD_TO_LANE = """
     INSERT INTO conveyor_lanes (queue, lane, waiting, active, queued)
-    VALUES (new.queue, new.lane, new.state = 'waiting', new.state = 'active',
-            new.state IN ('waiting', 'delayed'))
+    SELECT new.queue, new.lane, new.state = 'waiting', new.state = 'active',
+           new.state IN ('waiting', 'delayed')
+    WHERE new.lane != ''
     ON CONFLICT (queue, lane) DO UPDATE SET
         waiting = waiting + excluded.waiting,
         active = active + excluded.active,
         queued = queued + excluded.queued;
 """
 
-_REMOVE_FROM_LANE = f"""
-    UPDATE conveyor_lanes SET {_WAITING_COUNTS.format(op="-", row="old")}
-    WHERE queue = old.queue AND lane = old.lane;
+_REMOVE_FROM_LANE = """
+    UPDATE conveyor_lanes SET
+        waiting = waiting - (old.state = 'waiting'),
+        active = active - (old.state = 'active'),
+        queued = queued - (old.state IN ('waiting', 'delayed'))
+    WHERE queue = old.queue AND lane = old.lane AND old.lane != '';
 """
 
 
@@ -140,15 +139,13 @@ def _v1(db: sqlite_utils.Database) -> None:
         )"""
     )
     for statement in (
-        "CREATE UNIQUE INDEX conveyor_jobs_key ON conveyor_jobs (queue, id)",
-        "CREATE INDEX conveyor_jobs_id ON conveyor_jobs (id)",
+        # (id, queue): serves lookups by queue and id, and by id alone (find_job_by_id)
+        "CREATE UNIQUE INDEX conveyor_jobs_key ON conveyor_jobs (id, queue)",
         # claim: the next waiting job of a lane, with or without a job name
         """CREATE INDEX conveyor_jobs_claim ON conveyor_jobs (queue, lane, priority, seq)
            WHERE state = 'waiting'""",
         """CREATE INDEX conveyor_jobs_claim_name
            ON conveyor_jobs (queue, lane, name, priority, seq) WHERE state = 'waiting'""",
-        """CREATE INDEX conveyor_jobs_waiting ON conveyor_jobs (queue, priority, seq)
-           WHERE state = 'waiting'""",
         """CREATE INDEX conveyor_jobs_delayed ON conveyor_jobs (queue, delay_until, seq)
            WHERE state = 'delayed'""",
         """CREATE INDEX conveyor_jobs_state ON conveyor_jobs (queue, state, seq)
@@ -162,25 +159,15 @@ def _v1(db: sqlite_utils.Database) -> None:
         """CREATE INDEX conveyor_lanes_turn ON conveyor_lanes (queue, served, lane)
            WHERE waiting > 0""",
         "CREATE INDEX conveyor_rate_window ON conveyor_rate (queue, scope, at)",
+        # Group lanes only: jobs without a group pay nothing for these counts.
         f"""CREATE TRIGGER conveyor_jobs_added AFTER INSERT ON conveyor_jobs
-            BEGIN {_ADD_TO_LANE} END""",
+            WHEN new.lane != '' BEGIN {_ADD_TO_LANE} END""",
         f"""CREATE TRIGGER conveyor_jobs_removed AFTER DELETE ON conveyor_jobs
-            BEGIN {_REMOVE_FROM_LANE} END""",
+            WHEN old.lane != '' BEGIN {_REMOVE_FROM_LANE} END""",
         f"""CREATE TRIGGER conveyor_jobs_moved AFTER UPDATE OF state, lane ON conveyor_jobs
-            WHEN old.state IS NOT new.state OR old.lane IS NOT new.lane
+            WHEN (old.lane != '' OR new.lane != '')
+                AND (old.state IS NOT new.state OR old.lane IS NOT new.lane)
             BEGIN {_REMOVE_FROM_LANE} {_ADD_TO_LANE} END""",
-        """CREATE TRIGGER conveyor_jobs_finished AFTER UPDATE OF state ON conveyor_jobs
-            WHEN new.state IN ('completed', 'failed') AND old.state IS NOT new.state
-            BEGIN
-                INSERT INTO conveyor_metrics (queue, kind, minute, count)
-                VALUES (new.queue, new.state, CAST(new.finished_at / 60 AS INTEGER), 1)
-                ON CONFLICT (queue, kind, minute) DO UPDATE SET count = count + 1;
-                INSERT INTO conveyor_queues (name, completed, failed)
-                VALUES (new.queue, new.state = 'completed', new.state = 'failed')
-                ON CONFLICT (name) DO UPDATE SET
-                    completed = completed + excluded.completed,
-                    failed = failed + excluded.failed;
-            END""",
     ):
         db.execute(statement)
 
@@ -200,6 +187,8 @@ def _applied_version(conn: sqlite3.Connection, where: str) -> int:
     """
     try:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.OperationalError:
+        raise  # locked by another connection, or similar: the caller retries
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{where} is not an SQLite database ({exc})") from exc
     if "conveyor_migrations" not in tables:

@@ -176,7 +176,8 @@ class _Tx:
         self.events: list[StoreEvent] = []
         self._seq: int | None = None
         self._seq_start = 0
-        self.finished: set[tuple[str, str]] = set()
+        self.finished: dict[tuple[str, str], int] = {}
+        """Jobs that entered ``completed`` / ``failed``, per queue and state, for metrics."""
 
     # -- sequence ----------------------------------------------------------------------------------
 
@@ -208,11 +209,21 @@ class _Tx:
                     for e in self.events
                 ],
             )
-        for queue, kind in self.finished:
-            oldest = int(self.now // 60) - self.store._metrics_minutes
+        minute = int(self.now // 60)
+        for (queue, kind), count in self.finished.items():
+            self.conn.execute(
+                """INSERT INTO conveyor_metrics (queue, kind, minute, count) VALUES (?, ?, ?, ?)
+                ON CONFLICT (queue, kind, minute) DO UPDATE SET count = count + excluded.count""",
+                (queue, kind, minute, count),
+            )
+            self.conn.execute(
+                f"""INSERT INTO conveyor_queues (name, {kind}) VALUES (?, ?)
+                ON CONFLICT (name) DO UPDATE SET {kind} = {kind} + excluded.{kind}""",
+                (queue, count),
+            )
             self.conn.execute(
                 "DELETE FROM conveyor_metrics WHERE queue = ? AND kind = ? AND minute < ?",
-                (queue, kind, oldest),
+                (queue, kind, minute - self.store._metrics_minutes),
             )
 
     # -- events ------------------------------------------------------------------------------------
@@ -277,7 +288,8 @@ class _Tx:
         prev = job.state
         job.state = state
         if state in TERMINAL_STATES:
-            self.finished.add((job.queue_name, state.value))
+            key = (job.queue_name, state.value)
+            self.finished[key] = self.finished.get(key, 0) + 1
         self.save(row, seq=self.seq_for(job, head=head))
         return prev
 
@@ -520,11 +532,28 @@ class SqliteStore:
             self._start_poller()
 
     def _open(self) -> sqlite3.Connection:
+        """Open, check and migrate the file (in a worker thread: it may wait on others)."""
         where = "the in-memory database" if self._memory else repr(self._path)
         if not self._memory:
             folder = os.path.dirname(os.path.abspath(self._path))
             if not os.path.isdir(folder):
                 raise StoreError(f"cannot open {where}: folder {folder!r} does not exist")
+        deadline = time.monotonic() + self._lock_wait
+        backoff = 0.005
+        while True:
+            try:
+                return self._open_once(where)
+            except sqlite3.OperationalError as exc:
+                # Switching to WAL and the first migration need locks that SQLite refuses
+                # at once, without its busy handler, when processes start together: retry.
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise StoreError(f"cannot use {where}: {exc}") from exc
+                time.sleep(random.uniform(0.0, backoff))
+                backoff = min(backoff * 2, 0.2)
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"cannot use {where}: {exc}") from exc
+
+    def _open_once(self, where: str) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -542,9 +571,6 @@ class SqliteStore:
             migrate(conn, where, apply=self._auto_migrate)
             # From now on the event loop never blocks on another process's lock: see _run.
             conn.execute("PRAGMA busy_timeout = 0")
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise StoreError(f"cannot use {where}: {exc}") from exc
         except BaseException:
             conn.close()
             raise
@@ -801,6 +827,10 @@ class SqliteStore:
         conn.executemany(
             "INSERT OR IGNORE INTO conveyor_queues (name) VALUES (?)", [(q,) for q in queues]
         )
+        conn.executemany(
+            "INSERT OR IGNORE INTO conveyor_lanes (queue, lane) VALUES (?, '')",
+            [(q,) for q in queues],
+        )
         try:
             conn.executemany(
                 """INSERT INTO conveyor_jobs (queue, id, name, state, lane, priority, seq,
@@ -1031,10 +1061,15 @@ class SqliteStore:
         fetch: FetchOptions,
     ) -> list[JobData]:
         conn = tx.conn
+        # Group lanes with waiting jobs (trigger-kept counts), and the lane of jobs without a
+        # group when it has one waiting (an index probe: those jobs keep no counts).
         lanes = conn.execute(
-            """SELECT lane, served, active, waiting FROM conveyor_lanes
-            WHERE queue = ? AND waiting > 0 ORDER BY served, lane""",
-            (queue,),
+            """SELECT lane, served, active FROM conveyor_lanes WHERE queue = ? AND waiting > 0
+            UNION ALL
+            SELECT lane, served, 0 FROM conveyor_lanes WHERE queue = ? AND lane = '' AND EXISTS (
+                SELECT 1 FROM conveyor_jobs WHERE queue = ? AND lane = '' AND state = 'waiting')
+            ORDER BY 2, 1""",
+            (queue, queue, queue),
         ).fetchall()
         if not lanes:
             return []
@@ -1046,10 +1081,8 @@ class SqliteStore:
             return []
         now = tx.now
         if fetch.max_global_concurrency is not None:
-            row = conn.execute(
-                "SELECT total(active) FROM conveyor_lanes WHERE queue = ?", (queue,)
-            ).fetchone()
-            limit = min(limit, fetch.max_global_concurrency - int(row[0]))
+            active_now = self._count(tx, queue, JobState.ACTIVE)
+            limit = min(limit, fetch.max_global_concurrency - active_now)
         if fetch.limiter is not None:
             limit = min(limit, fetch.limiter.max - self._window(tx, queue, "", fetch.limiter))
         if limit <= 0:
@@ -1057,8 +1090,8 @@ class SqliteStore:
 
         # Round robin: serve the least recently served lane, one job per turn.
         turns: deque[list[Any]] = deque(
-            [lane, active, waiting]
-            for lane, _served, active, waiting in lanes
+            [lane, active]
+            for lane, _served, active in lanes
             if not (lane and lane in fetch.exclude_groups)
         )
         candidates: dict[str, deque[int]] = {}
@@ -1066,7 +1099,7 @@ class SqliteStore:
         picks: list[tuple[int, str]] = []
         while turns and len(picks) < limit:
             entry = turns.popleft()
-            lane, active, _waiting = entry
+            lane, active = entry
             # A lane at its limit stays there for the rest of this call: drop it.
             if lane and fetch.group_concurrency is not None and active >= fetch.group_concurrency:
                 continue

@@ -1,0 +1,213 @@
+"""SqliteStore beyond the contract suite: files, URLs, migrations, lock contention, and rules
+that must hold between two stores (two connections, as two processes have) on one file."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+from conveyor import store_from_url
+from conveyor.store import (
+    FetchOptions,
+    Group,
+    InvalidArgumentError,
+    JobOutcome,
+    JobState,
+    ManualClock,
+    StoreError,
+    StoreEvent,
+)
+from conveyor.testing import make_job
+from conveyor.testing._harness import claim_ids
+from conveyor_stores.sqlite import SqliteStore
+from conveyor_stores.sqlite._schema import SCHEMA_VERSION
+
+from .conftest import START
+
+pytestmark = pytest.mark.anyio
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+# -- files and schema ------------------------------------------------------------------------------
+
+
+async def test_a_file_that_is_not_sqlite_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database\n" * 200)
+    before = snapshot(tmp_path)
+    with pytest.raises(StoreError, match="not an SQLite database"):
+        await SqliteStore(path).connect()
+    assert snapshot(tmp_path) == before
+
+
+async def test_another_applications_database_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO users (name) VALUES ('ada')")
+    conn.commit()
+    conn.close()
+    before = snapshot(tmp_path)
+    with pytest.raises(StoreError, match=r"not a conveyor one \(it has tables users"):
+        await SqliteStore(path).connect()
+    assert snapshot(tmp_path) == before
+
+
+async def test_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    async with SqliteStore(path) as store:
+        await store.save_job(make_job())
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO conveyor_migrations (version, name, applied_at) VALUES (?, 'future', 0)",
+        (SCHEMA_VERSION + 1,),
+    )
+    conn.commit()
+    conn.close()
+    before = snapshot(tmp_path)
+    with pytest.raises(StoreError, match=rf"schema version {SCHEMA_VERSION + 1}, newer"):
+        await SqliteStore(path).connect()
+    assert snapshot(tmp_path) == before
+
+
+async def test_missing_folder_and_refused_migration(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        await SqliteStore(tmp_path / "nowhere" / "jobs.db").connect()
+    with pytest.raises(StoreError, match="needs migrating"):
+        await SqliteStore(tmp_path / "new.db", auto_migrate=False).connect()
+
+
+async def test_many_stores_connecting_at_once_migrate_once(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    errors: list[BaseException] = []
+
+    def connect_one() -> None:
+        async def run() -> None:
+            async with SqliteStore(path):
+                pass
+
+        try:
+            anyio.run(run)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=connect_one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT version FROM conveyor_migrations").fetchall()
+    conn.close()
+    assert rows == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
+
+
+async def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = store_from_url("sqlite:///data/jobs.db")
+    assert isinstance(relative, SqliteStore)
+    assert relative.path == "data/jobs.db"
+    absolute = store_from_url(f"sqlite:///{tmp_path}/jobs.db?lock_wait=5&synchronous=full")
+    assert isinstance(absolute, SqliteStore)
+    assert absolute.path == f"{tmp_path}/jobs.db"
+    memory = store_from_url("sqlite://:memory:")
+    assert isinstance(memory, SqliteStore)
+    assert memory.path == ":memory:"
+    with pytest.raises(InvalidArgumentError, match="unknown option"):
+        store_from_url("sqlite:///jobs.db?timeout=3")
+    with pytest.raises(InvalidArgumentError, match="names a host"):
+        store_from_url("sqlite://host/jobs.db")
+    with pytest.raises(InvalidArgumentError) as info:
+        SqliteStore("jobs.db", synchronous="sometimes")
+    assert info.value.argument == "synchronous"
+
+
+async def test_in_memory_database(anyio_backend: str) -> None:
+    async with store_from_url("sqlite://:memory:") as store:
+        await store.save_job(make_job(job_id="a"))
+        assert await claim_ids(store) == ["a"]
+
+
+# -- contention ------------------------------------------------------------------------------------
+
+
+async def test_a_held_write_lock_is_waited_out_not_reported(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    path = tmp_path / "jobs.db"
+    async with SqliteStore(path) as store, SqliteStore(path, lock_wait=0.2) as impatient:
+        blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        blocker.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.5, blocker.execute, ["COMMIT"])
+        release.start()
+        with pytest.raises(StoreError, match="lock_wait"):
+            await impatient.save_job(make_job(job_id="x"))
+        await store.save_job(make_job(job_id="a"))  # waits for the COMMIT, then succeeds
+        release.join()
+        blocker.close()
+        assert await claim_ids(store) == ["a"]
+
+
+# -- rules across connections ----------------------------------------------------------------------
+
+
+async def two_stores(path: Path) -> tuple[SqliteStore, SqliteStore, ManualClock]:
+    clock = ManualClock(START)
+    return SqliteStore(path, clock=clock), SqliteStore(path, clock=clock), clock
+
+
+async def test_rules_hold_across_connections(tmp_path: Path, anyio_backend: str) -> None:
+    a, b, _clock = await two_stores(tmp_path / "jobs.db")
+    async with a, b:
+        # dedup: the second store sees the first one's key
+        first = await a.save_job(make_job(job_id="1", dedup_key="k"))
+        assert await b.save_job(make_job(job_id="2", dedup_key="k")) == first
+        # global concurrency counts the other store's active jobs
+        await a.save_bulk([make_job(job_id=f"g{i}") for i in range(4)])
+        assert len(await claim_ids(a, limit=2, max_global_concurrency=3)) == 2
+        assert len(await claim_ids(b, limit=5, max_global_concurrency=3)) == 1
+        # pause in one store stops claims in the other
+        await a.pause_job_name("q", "job")
+        assert await claim_ids(b, limit=5) == []
+        await a.resume_job_name("q", "job")
+        # group concurrency and round robin across stores
+        jobs = [make_job(job_id=f"{g}{i}", group=Group(g)) for g in "xy" for i in range(3)]
+        await b.save_bulk(jobs)
+        got_a = await a.fetch_next_jobs("q", "wa", 30, 10, FetchOptions(group_concurrency=1))
+        got_b = await b.fetch_next_jobs("q", "wb", 30, 10, FetchOptions(group_concurrency=1))
+        assert {job.group_id for job in got_a if job.group_id} == {"x", "y"}
+        assert [job.group_id for job in got_b if job.group_id] == []
+        assert await b.get_group_active_count("q", "x") == 1
+
+
+async def test_subscribers_see_other_connections_events(tmp_path: Path, anyio_backend: str) -> None:
+    path = tmp_path / "jobs.db"
+    async with SqliteStore(path) as producer, SqliteStore(path) as listener:
+        seen: list[StoreEvent] = []
+        arrived = anyio.Event()
+
+        def on_event(event: StoreEvent) -> None:
+            seen.append(event)
+            if event.type == JobState.COMPLETED.value:
+                arrived.set()
+
+        listener.subscribe("q", on_event)
+        await producer.save_job(make_job(job_id="a"))
+        [job] = await producer.fetch_next_jobs("q", "w", 30, 1)
+        await producer.finish_jobs([JobOutcome.completed(job, 42)])
+        with anyio.fail_after(10):
+            await arrived.wait()
+        assert [(e.type, e.job_id) for e in seen] == [
+            ("waiting", "a"),
+            ("active", "a"),
+            ("completed", "a"),
+        ]
+        assert seen[-1].data["returnvalue"] == 42
