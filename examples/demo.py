@@ -52,7 +52,7 @@ async def main(url: str) -> None:
         first.deduplication_key = "a@example.com"
         again = job("email", {"to": "a@example.com"})
         again.deduplication_key = "a@example.com"
-        ids = [await store.save_job(first), await store.save_job(again)]
+        ids = [(await store.save_job(first)).id, (await store.save_job(again)).id]
         print(f"two adds with one deduplication key -> {len(set(ids))} job")
         for tenant in ("acme", "globex", "initech"):
             await store.save_bulk([job("sync", {"tenant": tenant, "n": n}, group=Group(tenant))

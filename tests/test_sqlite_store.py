@@ -169,7 +169,7 @@ async def test_rules_hold_across_connections(tmp_path: Path, anyio_backend: str)
     async with a, b:
         # dedup: the second store sees the first one's key
         first = await a.save_job(make_job(job_id="1", dedup_key="k"))
-        assert await b.save_job(make_job(job_id="2", dedup_key="k")) == first
+        assert (await b.save_job(make_job(job_id="2", dedup_key="k"))).id == first.id
         # global concurrency counts the other store's active jobs
         await a.save_bulk([make_job(job_id=f"g{i}") for i in range(4)])
         assert len(await claim_ids(a, limit=2, max_global_concurrency=3)) == 2

@@ -151,8 +151,7 @@ class Queue:
         job = build_job(self.name, name, data, opts)
         if opts.repeat is not None:
             return await self._add_schedule(job)
-        job_id = await self.store.save_job(job)
-        return await self._read(job_id)
+        return self._job(await self.store.save_job(job))
 
     async def _add_schedule(self, job: JobData) -> Job:
         repeat = job.opts.repeat
@@ -225,8 +224,7 @@ class Queue:
             name, data, options = item
             opts = make_options(self.default_job_options, options)
             records.append(build_job(self.name, name, data, opts))
-        ids = await self.store.save_bulk(records)
-        return [await self._read(job_id) for job_id in ids]
+        return [self._job(saved) for saved in await self.store.save_bulk(records)]
 
     async def _read(self, job_id: str) -> Job:
         data = await self.store.get_job(self.name, job_id)

@@ -102,6 +102,6 @@ def run_record(template: JobData, key: str, count: int, at: datetime) -> JobData
 async def save_run(store: Store, record: JobData) -> str:
     """Save one run; a run that exists already (someone else scheduled it) is not an error."""
     try:
-        return await store.save_job(record)
+        return (await store.save_job(record)).id
     except DuplicateJobError:
         return record.id

@@ -81,8 +81,8 @@ class Store(Protocol):
 
     # -- adding and reading jobs ----------------------------------------------------------------
 
-    async def save_job(self, job: JobData) -> str:
-        """Add a job and return the id of the job that now stands for it.
+    async def save_job(self, job: JobData) -> JobData:
+        """Add a job and return the job that now stands for it, as stored (a copy).
 
         The caller sets ``id``, ``queue_name``, ``name``, ``data`` and ``opts``; the store sets
         ``created_at`` (its clock), ``delay_until`` (``created_at + opts.delay`` when
@@ -93,7 +93,7 @@ class Store(Protocol):
 
         Deduplication is atomic with the insert: when ``job.deduplication_key`` is set and a job
         of the queue holds that key (see :meth:`find_by_deduplication_key`), nothing is added and
-        that job's id is returned. With ``opts.deduplication.ttl`` the new job holds the key
+        that job is returned. With ``opts.deduplication.ttl`` the new job holds the key
         until ``created_at + ttl`` (``deduplication_until``).
 
         Publishes ``waiting`` or ``delayed``.
@@ -103,21 +103,21 @@ class Store(Protocol):
         """
         ...
 
-    async def save_bulk(self, jobs: Sequence[JobData]) -> list[str]:
+    async def save_bulk(self, jobs: Sequence[JobData]) -> list[JobData]:
         """:meth:`save_job` for many jobs in one transaction: all are added or none.
 
-        Returns the ids in input order. A job deduplicated against an earlier one of the same
-        call gets that job's id. Publishes one event per added job.
+        Returns the stored jobs in input order. A job deduplicated against an earlier one of
+        the same call gets that job. Publishes one event per added job.
         """
         ...
 
-    async def save_flow(self, jobs: Sequence[JobData]) -> list[str]:
+    async def save_flow(self, jobs: Sequence[JobData]) -> list[JobData]:
         """Add a tree of jobs (parents and children, any queues) in one transaction.
 
         A child names its parent with ``parent_id`` / ``parent_queue_name``; every parent named
         must be in ``jobs``. A parent's ``pending_children`` is set to its number of children
         and it starts in ``waiting-children``; leaves start as :meth:`save_job` says. Returns
-        the ids in input order. Deduplication does not apply inside a flow.
+        the stored jobs in input order. Deduplication does not apply inside a flow.
 
         :raises InvalidArgumentError: a child names a parent that is not in ``jobs``.
         """

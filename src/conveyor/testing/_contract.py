@@ -126,9 +126,10 @@ async def check_save_and_get(fx: StoreFixture) -> None:
     """save_job stores the caller's fields, sets created_at by the store's clock, starts waiting."""
     now = await fx.store.now()
     job = make_job("q", "send", {"to": "a@example.com", "n": [1, 2.5, None, True]}, priority=3)
-    job_id = await fx.store.save_job(job)
-    expect_eq(job_id, job.id, "save_job's return value")
+    saved = await fx.store.save_job(job)
+    expect_eq(saved.id, job.id, "save_job's return value")
     stored = await _get(fx, job)
+    expect_eq(saved, stored, "save_job returns the job as stored")
     expect_eq(stored.name, "send", "name")
     expect_eq(stored.data, job.data, "data")
     expect_eq(stored.opts, job.opts, "opts")
@@ -176,15 +177,16 @@ async def check_duplicate_id(fx: StoreFixture) -> None:
     await expect_raises(DuplicateJobError, lambda: fx.store.save_job(clash), "duplicate id")
     expect_eq((await _get(fx, job)).data, {"v": 1}, "the first job's data")
     other_queue = make_job("q2", data={"v": 3}, job_id="fixed")
-    expect_eq(await fx.store.save_job(other_queue), "fixed", "same id in another queue")
+    expect_eq((await fx.store.save_job(other_queue)).id, "fixed", "same id in another queue")
 
 
 @_check
 async def check_save_bulk(fx: StoreFixture) -> None:
-    """save_bulk returns ids in order; a refused job leaves nothing of the call stored."""
+    """save_bulk returns the stored jobs in order; a refused job leaves nothing of the call."""
     jobs = [make_job(data={"i": i}) for i in range(5)]
-    ids = await fx.store.save_bulk(jobs)
-    expect_eq(ids, [j.id for j in jobs], "ids")
+    saved = await fx.store.save_bulk(jobs)
+    expect_eq([j.id for j in saved], [j.id for j in jobs], "ids")
+    expect_eq(saved[3], await _get(fx, jobs[3]), "a returned job is the stored one")
     expect_eq(await fx.store.count_jobs("q", JobState.WAITING), 5, "waiting count")
     batch = [make_job(data={"i": 10}), make_job(job_id=jobs[0].id)]
     await expect_raises(DuplicateJobError, lambda: fx.store.save_bulk(batch), "bulk duplicate")
@@ -403,7 +405,7 @@ async def check_pause_queue_and_names(fx: StoreFixture) -> None:
 @_check
 async def check_concurrent_claimers(fx: StoreFixture) -> None:
     """Many claimers at once never receive the same job, and together receive every job."""
-    ids = await fx.store.save_bulk([make_job(data=i) for i in range(120)])
+    ids = [job.id for job in await fx.store.save_bulk([make_job(data=i) for i in range(120)])]
     seen: list[str] = []
 
     async def claimer(worker: str) -> None:
@@ -577,20 +579,20 @@ async def check_remove_on_finish(fx: StoreFixture) -> None:
 async def check_dedup_until_finished(fx: StoreFixture) -> None:
     """Without a TTL, a job holds its key until it completes or fails."""
     first = make_job(dedup_key="k", deduplication=Deduplication("k"))
-    expect_eq(await fx.store.save_job(first), first.id, "first add")
+    expect_eq((await fx.store.save_job(first)).id, first.id, "first add")
     second = make_job(dedup_key="k", deduplication=Deduplication("k"))
-    expect_eq(await fx.store.save_job(second), first.id, "deduplicated add returns the holder")
+    expect_eq((await fx.store.save_job(second)).id, first.id, "deduplicated add returns the holder")
     expect_eq(await fx.store.get_job("q", second.id), None, "the duplicate was not stored")
     holder = await fx.store.find_by_deduplication_key("q", "k")
     expect(holder is not None and holder.id == first.id, "find_by_deduplication_key")
     [job] = await claim(fx.store)
-    expect_eq(await fx.store.save_job(make_job(dedup_key="k")), first.id, "held while active")
+    expect_eq((await fx.store.save_job(make_job(dedup_key="k"))).id, first.id, "held while active")
     await fx.store.finish_jobs([JobOutcome.completed(job)])
     expect_eq(await fx.store.find_by_deduplication_key("q", "k"), None, "released on completion")
     third = make_job(dedup_key="k")
-    expect_eq(await fx.store.save_job(third), third.id, "a new holder after completion")
+    expect_eq((await fx.store.save_job(third)).id, third.id, "a new holder after completion")
     other = make_job("q2", dedup_key="k")
-    expect_eq(await fx.store.save_job(other), other.id, "keys are per queue")
+    expect_eq((await fx.store.save_job(other)).id, other.id, "keys are per queue")
 
 
 @_check
@@ -600,21 +602,26 @@ async def check_dedup_ttl(fx: StoreFixture) -> None:
     await fx.store.save_job(first)
     [job] = await claim(fx.store)
     await fx.store.finish_jobs([JobOutcome.completed(job)])
-    expect_eq(await fx.store.save_job(make_job(dedup_key="k")), first.id, "held after completion")
+    expect_eq(
+        (await fx.store.save_job(make_job(dedup_key="k"))).id, first.id, "held after completion"
+    )
     await fx.advance(9.5)
-    expect_eq(await fx.store.save_job(make_job(dedup_key="k")), first.id, "held before the TTL")
+    expect_eq(
+        (await fx.store.save_job(make_job(dedup_key="k"))).id, first.id, "held before the TTL"
+    )
     await fx.advance(0.5)
     expect_eq(await fx.store.find_by_deduplication_key("q", "k"), None, "released at the TTL")
     later = make_job(dedup_key="k")
-    expect_eq(await fx.store.save_job(later), later.id, "a new holder after the TTL")
+    expect_eq((await fx.store.save_job(later)).id, later.id, "a new holder after the TTL")
 
 
 @_check
 async def check_dedup_in_bulk(fx: StoreFixture) -> None:
     """Within one bulk add, a later job with the same key gets the earlier one's id."""
     jobs = [make_job(dedup_key="k"), make_job(dedup_key="k"), make_job(dedup_key="j")]
-    ids = await fx.store.save_bulk(jobs)
-    expect_eq(ids, [jobs[0].id, jobs[0].id, jobs[2].id], "bulk ids")
+    saved = await fx.store.save_bulk(jobs)
+    expect_eq([j.id for j in saved], [jobs[0].id, jobs[0].id, jobs[2].id], "bulk ids")
+    expect_eq(saved[1], saved[0], "the deduplicated job gets the holder as stored")
     expect_eq(await fx.store.count_jobs("q", JobState.WAITING), 2, "stored jobs")
 
 
@@ -748,8 +755,9 @@ async def _flow(
         make_job("kids", "part", i, parent=parent, fail_parent_on_child_failure=policy)
         for i in range(children)
     ]
-    ids = await fx.store.save_flow([parent, *kids])
-    expect_eq(ids, [parent.id, *(k.id for k in kids)], "save_flow ids")
+    saved = await fx.store.save_flow([parent, *kids])
+    expect_eq([j.id for j in saved], [parent.id, *(k.id for k in kids)], "save_flow ids")
+    expect_eq(saved[0].state, JobState.WAITING_CHILDREN, "save_flow returns the parent stored")
     return await _get(fx, parent), kids
 
 

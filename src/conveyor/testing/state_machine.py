@@ -159,14 +159,21 @@ def make_store_state_machine(
         @rule(spec=specs)
         def add(self, spec: JobSpec) -> None:
             job_id = next(self.ids)
-            self.both(lambda: self.store.save_job(_to_job(job_id, spec)),
-                      lambda: self.model.add(job_id, spec), "save_job")  # fmt: skip
+
+            async def save() -> str:
+                return str((await self.store.save_job(_to_job(job_id, spec))).id)
+
+            self.both(save, lambda: self.model.add(job_id, spec), "save_job")
 
         @rule(batch=st.lists(specs, min_size=1, max_size=5))
         def add_bulk(self, batch: list[JobSpec]) -> None:
             items = [(next(self.ids), spec) for spec in batch]
-            self.both(lambda: self.store.save_bulk([_to_job(i, s) for i, s in items]),
-                      lambda: self.model.add_bulk(items), "save_bulk")  # fmt: skip
+
+            async def save() -> list[str]:
+                saved = await self.store.save_bulk([_to_job(i, s) for i, s in items])
+                return [job.id for job in saved]
+
+            self.both(save, lambda: self.model.add_bulk(items), "save_bulk")
 
         @rule(
             limit=st.integers(1, 4),

@@ -482,14 +482,14 @@ class MemoryStore:
 
     # -- adding ------------------------------------------------------------------------------------
 
-    async def save_job(self, job: JobData) -> str:
+    async def save_job(self, job: JobData) -> JobData:
         clean = validate_new_job(job)
         if clean.parent_id is not None:
             raise InvalidArgumentError("job.parent_id", "children are added with save_flow()")
         await self._enter()
         return self._insert([clean], flow=False)[0]
 
-    async def save_bulk(self, jobs: Sequence[JobData]) -> list[str]:
+    async def save_bulk(self, jobs: Sequence[JobData]) -> list[JobData]:
         clean = check_jobs(jobs)
         for i, job in enumerate(clean):
             if job.parent_id is not None:
@@ -499,7 +499,7 @@ class MemoryStore:
         await self._enter()
         return self._insert(clean, flow=False)
 
-    async def save_flow(self, jobs: Sequence[JobData]) -> list[str]:
+    async def save_flow(self, jobs: Sequence[JobData]) -> list[JobData]:
         clean = check_jobs(jobs)
         members = {(job.queue_name, job.id) for job in clean}
         for i, job in enumerate(clean):
@@ -511,7 +511,7 @@ class MemoryStore:
         await self._enter()
         return self._insert(clean, flow=True)
 
-    def _insert(self, jobs: list[JobData], *, flow: bool) -> list[str]:
+    def _insert(self, jobs: list[JobData], *, flow: bool) -> list[JobData]:
         now = self._clock.time()
         # Decide everything first, so that a refused job leaves nothing half-added.
         holders: list[str | None] = []
@@ -547,10 +547,10 @@ class MemoryStore:
                 if job.parent_id is not None and job.parent_queue_name is not None:
                     pending[(job.parent_queue_name, job.parent_id)] += 1
         created = from_timestamp(now)
-        ids: list[str] = []
+        out: list[JobData] = []
         for job, holder in zip(jobs, holders, strict=True):
             if holder is not None:
-                ids.append(holder)
+                out.append(self._queues[job.queue_name].jobs[holder].copy())
                 continue
             q = self._queue(job.queue_name)
             job.created_at = created
@@ -579,8 +579,8 @@ class MemoryStore:
                     (job.queue_name, job.id)
                 ] = None
             self._emit_state(job, None, now)
-            ids.append(job.id)
-        return ids
+            out.append(job.copy())
+        return out
 
     # -- reading -----------------------------------------------------------------------------------
 

@@ -702,14 +702,14 @@ class SqliteStore:
 
     # -- adding ------------------------------------------------------------------------------------
 
-    async def save_job(self, job: JobData) -> str:
+    async def save_job(self, job: JobData) -> JobData:
         clean = validate_new_job(job)
         if clean.parent_id is not None:
             raise InvalidArgumentError("job.parent_id", "children are added with save_flow()")
-        ids = await self._write(lambda tx: self._insert(tx, [clean], flow=False))
-        return ids[0]
+        saved = await self._write(lambda tx: self._insert(tx, [clean], flow=False))
+        return saved[0]
 
-    async def save_bulk(self, jobs: Sequence[JobData]) -> list[str]:
+    async def save_bulk(self, jobs: Sequence[JobData]) -> list[JobData]:
         clean = check_jobs(jobs)
         for i, job in enumerate(clean):
             if job.parent_id is not None:
@@ -720,7 +720,7 @@ class SqliteStore:
             lambda tx: self._insert(tx, clean, flow=False), offload=len(clean) > _OFFLOAD_ROWS
         )
 
-    async def save_flow(self, jobs: Sequence[JobData]) -> list[str]:
+    async def save_flow(self, jobs: Sequence[JobData]) -> list[JobData]:
         clean = check_jobs(jobs)
         members = {(job.queue_name, job.id) for job in clean}
         for i, job in enumerate(clean):
@@ -742,7 +742,7 @@ class SqliteStore:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def _insert(self, tx: _Tx, jobs: list[JobData], *, flow: bool) -> list[str]:
+    def _insert(self, tx: _Tx, jobs: list[JobData], *, flow: bool) -> list[JobData]:
         conn = tx.conn
         now = tx.now
         # Decide everything first, so that a refused job leaves nothing half-added.
@@ -779,12 +779,15 @@ class SqliteStore:
                     parent = (job.parent_queue_name, job.parent_id)
                     pending[parent] = pending.get(parent, 0) + 1
         created = from_timestamp(now)
-        ids: list[str] = []
+        out: list[JobData] = []
         rows: list[tuple[Any, ...]] = []
         queues: set[str] = set()
         for job, holder in zip(jobs, holders, strict=True):
             if holder is not None:
-                ids.append(holder)
+                held = tx.find(job.queue_name, holder)
+                if held is None:  # a holder added by this very call
+                    held = next(_Row(0, j) for j in out if j.id == holder)
+                out.append(held.job)
                 continue
             job.created_at = created
             if job.opts.delay > 0:
@@ -823,7 +826,7 @@ class SqliteStore:
             )
             queues.add(job.queue_name)
             tx.emit_state(job, None)
-            ids.append(job.id)
+            out.append(job)  # a clean copy made by validation: the caller may keep it
         conn.executemany(
             "INSERT OR IGNORE INTO conveyor_queues (name) VALUES (?)", [(q,) for q in queues]
         )
@@ -847,7 +850,7 @@ class SqliteStore:
                 if exists is not None:
                     raise DuplicateJobError(row[0], row[1]) from None
             raise
-        return ids
+        return out
 
     # -- reading -----------------------------------------------------------------------------------
 
