@@ -1,7 +1,7 @@
 """conveyor's demo: jobs through a store, claimed in batches and finished, on one page.
 
-    python examples/demo.py                 # the in-memory store
-    python examples/demo.py snapshot:///demo.json
+    python examples/demo.py                 # SQLite, the default store: ./demo.db
+    python examples/demo.py memory://       # or any store URL
 
 It speaks to the store contract directly (the layer every store implements): jobs with
 priorities, a delayed job, a deduplicated add, round-robin groups, a parent waiting for its
@@ -44,6 +44,7 @@ def process(item: JobData) -> Any:
 async def main(url: str) -> None:
     async with conveyor.open_store(url) as store:
         print(f"store: {url} ({type(store).__name__})")
+        await store.obliterate(QUEUE, force=True)  # start from an empty queue on every run
         await store.save_bulk(
             [job("resize", {"image": f"img{i}"}, priority=i % 3) for i in range(200)]
         )
@@ -106,6 +107,6 @@ if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     anyio.run(
         main,
-        args[0] if args else "memory://",
+        args[0] if args else "sqlite:///demo.db",
         backend="trio" if "--trio" in sys.argv else "asyncio",
     )

@@ -29,8 +29,10 @@ def test_every_example_is_covered() -> None:
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("script", sorted(EXPECTED))
-def test_example_runs(script: str, backend: str) -> None:
+def test_example_runs(script: str, backend: str, tmp_path: Path) -> None:
     args = [sys.executable, str(EXAMPLES / script)] + (["--trio"] if backend == "trio" else [])
+    if script == "demo.py":  # its default store is ./demo.db: keep the test's file elsewhere
+        args.append(f"sqlite:///{tmp_path}/demo.db")
     done = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=EXAMPLES)
     assert done.returncode == 0, done.stderr
     assert EXPECTED[script] in done.stdout, done.stdout

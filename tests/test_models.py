@@ -34,6 +34,7 @@ from conveyor import (
 )
 from conveyor.store import check_json, from_json, parse_duration, structure, to_json, unstructure
 from conveyor.store._models import OutcomeKind
+from conveyor.store._serializer import make_converter
 
 GOLDEN = Path(__file__).parent / "golden" / "job_record.json"
 
@@ -357,3 +358,13 @@ def test_copy_is_equal_and_shares_nothing_mutable(job: JobData) -> None:
             assert getattr(copied, name) is not value, name
     copied.logs.append("only in the copy")
     assert "only in the copy" not in job.logs
+
+
+_CATTRS_OWN = make_converter(fast_jobs=False)
+
+
+@given(jobs)
+def test_hand_made_job_hook_matches_cattrs(job: JobData) -> None:
+    """The converter's straight-line JobData hook writes exactly what cattrs' own would."""
+    assert unstructure(job) == _CATTRS_OWN.unstructure(job)
+    assert list(unstructure(job)) == list(_CATTRS_OWN.unstructure(job))  # same key order

@@ -63,6 +63,8 @@ _OPTION_NAMES = frozenset(JobOptionsDict.__annotations__)
 
 def make_options(base: JobOptions, options: Mapping[str, Any]) -> JobOptions:
     """``base`` with ``options`` applied; unknown option names are refused by name."""
+    if not options:
+        return base  # frozen: sharing it is safe
     unknown = sorted(set(options) - _OPTION_NAMES)
     if unknown:
         known = ", ".join(sorted(_OPTION_NAMES))

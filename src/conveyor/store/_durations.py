@@ -74,6 +74,8 @@ def to_utc(value: object, argument: str) -> datetime:
     """Return an aware ``datetime`` in UTC, refusing naive ones and other types."""
     if not isinstance(value, datetime):
         raise ArgumentTypeError(argument, f"expected a datetime, got {type(value).__name__}")
+    if value.tzinfo is UTC:
+        return value  # the common case (every time a store makes), and the cheap one
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidArgumentError(
             argument, "must be timezone-aware (a naive datetime means different times on each host)"

@@ -27,11 +27,14 @@ from collections.abc import Mapping, Set
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
+import attrs
 import cattrs
 from cattrs.v import format_exception
 
 from ._durations import to_utc
 from ._errors import ConveyorError, SerializationError
+from ._json import copy_json
+from ._models import AttemptRecord, JobData, JobOptions, RepeatRun
 
 __all__ = [
     "configure_converter",
@@ -105,14 +108,75 @@ def configure_converter(conv: cattrs.Converter) -> None:
     conv.register_structure_hook(bool | int, _structure_bool_or_int)
 
 
-def make_converter() -> cattrs.Converter:
-    """A new converter with conveyor's wire form."""
+def _iso(value: datetime) -> str:
+    return to_utc(value, "timestamp").isoformat()
+
+
+def _job_unstructure_fn(conv: cattrs.Converter) -> Any:
+    """``JobData``'s unstructure hook as straight-line code, giving what cattrs would.
+
+    Stores serialize a record on every write. cattrs' generated hook builds each factory
+    default (``JobOptions()`` among them) anew to compare with, which is most of its cost;
+    this one compares with defaults built once. tests/test_models.py checks the two agree.
+    """
+    nested: dict[str, Any] = {
+        "opts": JobOptions,
+        "attempt_logs": list[AttemptRecord],
+        "repeat_run": RepeatRun,
+    }
+    defaults: dict[str, Any] = {}
+    lines = ["def unstructure_job(job):", "    out = {}"]
+    for field in attrs.fields(JobData):
+        name = field.name
+        kind = field.type if isinstance(field.type, str) else repr(field.type)
+        if "datetime" in kind:
+            value = "iso(v)"
+        elif name in ("data", "progress", "returnvalue", "children_values"):
+            value = "copy_json(v)"
+        elif name in ("stacktrace", "logs"):
+            value = "list(v)"
+        elif name == "state":
+            value = "v.value"
+        elif name in nested:
+            value = f"unstructure(v, {name}_type)"
+            defaults[f"{name}_type"] = nested[name]
+        else:
+            value = "v"
+        lines.append(f"    v = job.{name}")
+        if field.default is attrs.NOTHING:
+            lines.append(f"    out[{name!r}] = {value}")
+            continue
+        default = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()  # type: ignore[union-attr]
+        defaults[f"default_{name}"] = default
+        lines.append(f"    if v != default_{name}:")
+        lines.append(f"        out[{name!r}] = {value}")
+    lines.append("    return out")
+    namespace: dict[str, Any] = {
+        "iso": _iso,
+        "copy_json": copy_json,
+        "unstructure": conv.unstructure,
+        **defaults,
+    }
+    exec("\n".join(lines), namespace)
+    return namespace["unstructure_job"]
+
+
+def make_converter(*, fast_jobs: bool = True) -> cattrs.Converter:
+    """A new converter with conveyor's wire form.
+
+    ``fast_jobs=False`` leaves ``JobData`` to cattrs' own generated hook (for tests that check
+    the hand-made one against it).
+    """
     conv = cattrs.Converter(
         omit_if_default=True,
         forbid_extra_keys=True,
         unstruct_collection_overrides={Set: sorted},
     )
     configure_converter(conv)
+    if fast_jobs:
+        conv.register_unstructure_hook(JobData, _job_unstructure_fn(conv))
     return conv
 
 
@@ -146,9 +210,12 @@ def _describe(exc: BaseException, type_: Any) -> str:
     return format_exception(exc, type_)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def to_json(obj: object) -> str:
     """A model as compact JSON text."""
-    return json.dumps(unstructure(obj), separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(unstructure(obj))
 
 
 def from_json(text: str | bytes, cls: type[T]) -> T:

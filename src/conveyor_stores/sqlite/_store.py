@@ -98,6 +98,10 @@ log = logging.getLogger("conveyor.stores.sqlite")
 T = TypeVar("T")
 
 _JOB_COLUMNS = "pk, record, state, processed_at, lock_until, locked_by, lock_token"
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_PREV_JSON: dict[JobState | None, str] = {
+    state: _ENCODER.encode({"prev": state and state.value}) for state in (None, *JobState)
+}
 _OFFLOAD_ROWS = 2000
 """Bulk inserts of more jobs than this run in a worker thread."""
 
@@ -173,7 +177,12 @@ class _Tx:
         self.store = store
         self.conn = conn
         self.now = now
+        self.rows: list[tuple[Any, ...]] = []
+        """Events to write to ``conveyor_events`` for other processes."""
         self.events: list[StoreEvent] = []
+        """The same events for this store's own subscribers (only built when it has some)."""
+        self._local = bool(store._subscribers)
+        self._origin = store._origin
         self._seq: int | None = None
         self._seq_start = 0
         self.finished: dict[tuple[str, str], int] = {}
@@ -192,22 +201,11 @@ class _Tx:
         """Write what the transaction kept in memory: the sequence, the events."""
         if self._seq is not None and self._seq != self._seq_start:
             self.conn.execute("UPDATE conveyor_meta SET value = ? WHERE name = 'seq'", (self._seq,))
-        if self.events:
-            origin = self.store._origin
+        if self.rows:
             self.conn.executemany(
                 "INSERT INTO conveyor_events (origin, queue, type, job_id, at, data) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        origin,
-                        e.queue_name,
-                        e.type,
-                        e.job_id,
-                        self.now if e.timestamp is None else e.timestamp.timestamp(),
-                        json.dumps(e.data, separators=(",", ":")) if e.data else None,
-                    )
-                    for e in self.events
-                ],
+                self.rows,
             )
         minute = int(self.now // 60)
         for (queue, kind), count in self.finished.items():
@@ -229,10 +227,33 @@ class _Tx:
     # -- events ------------------------------------------------------------------------------------
 
     def emit(self, queue: str, type_: str, job_id: str | None, **data: Any) -> None:
-        self.events.append(StoreEvent(type_, queue, job_id, data, from_timestamp(self.now)))
+        text = _ENCODER.encode(data) if data else None
+        self.rows.append((self._origin, queue, type_, job_id, self.now, text))
+        if self._local:
+            self.events.append(StoreEvent(type_, queue, job_id, data, from_timestamp(self.now)))
 
     def emit_state(self, job: JobData, prev: JobState | None, **data: Any) -> None:
-        self.emit(job.queue_name, job.state.value, job.id, prev=prev and prev.value, **data)
+        if data:
+            self.emit(job.queue_name, job.state.value, job.id, prev=prev and prev.value, **data)
+            return
+        # The common event (a state change and nothing more), without encoding anything.
+        self.rows.append(
+            (self._origin, job.queue_name, job.state.value, job.id, self.now, _PREV_JSON[prev])
+        )
+        if self._local:
+            event_data = {"prev": prev and prev.value}
+            self.events.append(
+                StoreEvent(job.state.value, job.queue_name, job.id, event_data, _dt(self.now))
+            )
+
+    def publish(self, event: StoreEvent) -> None:
+        at = self.now if event.timestamp is None else event.timestamp.timestamp()
+        text = _ENCODER.encode(event.data) if event.data else None
+        self.rows.append((self._origin, event.queue_name, event.type, event.job_id, at, text))
+        if self._local:
+            if event.timestamp is None:
+                event = attrs.evolve(event, timestamp=from_timestamp(self.now))
+            self.events.append(event)
 
     # -- rows --------------------------------------------------------------------------------------
 
@@ -567,6 +588,9 @@ class SqliteStore:
                 if str(mode).lower() != "wal":
                     raise StoreError(f"cannot put {where} in WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {self._synchronous.value.upper()}")
+            # A bigger page cache than the 2 MB default: index pages stay in memory as the
+            # queue grows (inserts land all over the id index: ids are random).
+            conn.execute("PRAGMA cache_size = -65536")
             conn.execute("PRAGMA foreign_keys = OFF")
             migrate(conn, where, apply=self._auto_migrate)
             # From now on the event loop never blocks on another process's lock: see _run.
@@ -1755,10 +1779,7 @@ class SqliteStore:
         clean = check_event(event)
 
         def body(tx: _Tx) -> None:
-            published = clean
-            if published.timestamp is None:
-                published = attrs.evolve(published, timestamp=from_timestamp(tx.now))
-            tx.events.append(published)
+            tx.publish(clean)
 
         await self._write(body)
 
