@@ -8,15 +8,21 @@ Tables:
   filter or sort on. ``seq`` orders a job within its state: waiting jobs by (priority, seq), with
   a negative seq for the head of a priority; delayed by (delay_until, seq); active by claim;
   completed and failed by finishing; waiting-children by arrival.
-* ``conveyor_lanes``: per queue and lane (a group id, or ``''`` for jobs without a group), when
-  the lane was last served and, for groups, how many of its jobs are waiting, active, and
-  queued (waiting or delayed). Triggers keep the group counts, so no code path can forget them;
-  jobs without a group skip them (a trigger costs more than the insert it rides on).
-* ``conveyor_queues``: the round-robin tick and lifetime finished totals of each queue.
+  ``version`` grows with every write of the row, so a record read earlier can be checked
+  for staleness in the same statement that overwrites it.
+* ``conveyor_lanes``: per queue and group, when the group was last served and how many of its
+  jobs are waiting, active, and queued (waiting or delayed). Triggers keep the counts, so no
+  code path can forget them; jobs without a group skip them (a trigger costs more than the
+  insert it rides on).
+* ``conveyor_queues``: one row of counters per queue, written at most once per transaction:
+  the sequence that orders its jobs and makes its lock tokens unique (never reset, not even
+  by obliterate), the round-robin tick and when the group-less lane was last served, lifetime
+  finished totals, and whether the queue exists (``live``).
 * ``conveyor_paused``, ``conveyor_rate`` (claim times for rate limits), ``conveyor_metrics``
-  (finished jobs per minute), ``conveyor_meta`` (the sequence that orders
-  jobs and makes lock tokens unique across processes), ``conveyor_events`` (events for other
-  processes, read by rowid).
+  (finished jobs per minute), ``conveyor_events`` (events for other processes, read by rowid).
+
+Every transaction touches as few pages as it can: each page it changes is written to the WAL
+at commit, and that, not the statements, is most of what a small transaction costs.
 """
 
 from __future__ import annotations
@@ -74,9 +80,11 @@ def _v1(db: sqlite_utils.Database) -> None:
             "dedup_until": float,
             "parent_queue": str,
             "parent_id": str,
+            "version": int,
             "record": str,
         },
         pk="pk",
+        defaults={"version": 0},
         not_null={
             "queue",
             "id",
@@ -103,12 +111,13 @@ def _v1(db: sqlite_utils.Database) -> None:
         not_null={"served", "waiting", "active", "queued"},
         defaults={"served": 0, "waiting": 0, "active": 0, "queued": 0},
     )
+    counters = ("live", "seq", "tick", "plain_served", "completed", "failed")
     db.create_table(
         "conveyor_queues",
-        {"name": str, "tick": int, "completed": int, "failed": int},
+        {"name": str, **dict.fromkeys(counters, int)},
         pk="name",
-        not_null={"tick", "completed", "failed"},
-        defaults={"tick": 0, "completed": 0, "failed": 0},
+        not_null=set(counters),
+        defaults={**dict.fromkeys(counters, 0), "live": 1},
     )
     db.create_table("conveyor_paused", {"queue": str, "name": str}, pk=("queue", "name"))
     db.create_table(
@@ -122,8 +131,6 @@ def _v1(db: sqlite_utils.Database) -> None:
         pk=("queue", "kind", "minute"),
         not_null={"count"},
     )
-    db.create_table("conveyor_meta", {"name": str, "value": int}, pk="name", not_null={"value"})
-    db.table("conveyor_meta").insert({"name": "seq", "value": 0})
     # sqlite-utils does not write AUTOINCREMENT, partial indexes or triggers: plain SQL.
     # AUTOINCREMENT: event ids never go back, even after pruning empties the table, so a
     # reader that remembers the last id it saw never misses a new event.
@@ -150,8 +157,6 @@ def _v1(db: sqlite_utils.Database) -> None:
            WHERE state = 'delayed'""",
         """CREATE INDEX conveyor_jobs_state ON conveyor_jobs (queue, state, seq)
            WHERE state NOT IN ('waiting', 'delayed')""",
-        """CREATE INDEX conveyor_jobs_locks ON conveyor_jobs (queue, lock_until)
-           WHERE state = 'active'""",
         """CREATE INDEX conveyor_jobs_dedup ON conveyor_jobs (queue, dedup_key)
            WHERE dedup_key IS NOT NULL""",
         """CREATE INDEX conveyor_jobs_parent ON conveyor_jobs (parent_queue, parent_id)

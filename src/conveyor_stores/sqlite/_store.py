@@ -103,6 +103,8 @@ _PREV_JSON: dict[JobState | None, str] = {
     state: _ENCODER.encode({"prev": state and state.value}) for state in (None, *JobState)
 }
 _OFFLOAD_ROWS = 2000
+_CLAIM_CACHE = 10_000
+"""How many claimed records a store keeps to finish them without reading them back."""
 """Bulk inserts of more jobs than this run in a worker thread."""
 
 
@@ -182,25 +184,41 @@ class _Tx:
         self.events: list[StoreEvent] = []
         """The same events for this store's own subscribers (only built when it has some)."""
         self._local = bool(store._subscribers)
+        self.callbacks: list[Callable[[], Any]] = []
         self._origin = store._origin
-        self._seq: int | None = None
-        self._seq_start = 0
+        self.counters: dict[str, list[int]] = {}
+        """Queue rows read by this transaction: [seq, tick, plain_served, completed, failed],
+        written back once at the end."""
         self.finished: dict[tuple[str, str], int] = {}
         """Jobs that entered ``completed`` / ``failed``, per queue and state, for metrics."""
 
     # -- sequence ----------------------------------------------------------------------------------
 
-    def next_seq(self) -> int:
-        if self._seq is None:
-            row = self.conn.execute("SELECT value FROM conveyor_meta WHERE name = 'seq'").fetchone()
-            self._seq = self._seq_start = int(row[0])
-        self._seq += 1
-        return self._seq
+    def queue_counters(self, queue: str) -> list[int]:
+        counters = self.counters.get(queue)
+        if counters is None:
+            row = self.conn.execute(
+                "SELECT seq, tick, plain_served FROM conveyor_queues WHERE name = ?", (queue,)
+            ).fetchone()
+            if row is None:
+                self.conn.execute("INSERT INTO conveyor_queues (name) VALUES (?)", (queue,))
+                row = (0, 0, 0)
+            counters = self.counters[queue] = [row[0], row[1], row[2], 0, 0]
+        return counters
+
+    def next_seq(self, queue: str) -> int:
+        counters = self.queue_counters(queue)
+        counters[0] += 1
+        return counters[0]
 
     def flush(self) -> None:
-        """Write what the transaction kept in memory: the sequence, the events."""
-        if self._seq is not None and self._seq != self._seq_start:
-            self.conn.execute("UPDATE conveyor_meta SET value = ? WHERE name = 'seq'", (self._seq,))
+        """Write what the transaction kept in memory: queue counters, events, metrics."""
+        if self.counters:
+            self.conn.executemany(
+                """UPDATE conveyor_queues SET seq = ?, tick = ?, plain_served = ?,
+                    completed = completed + ?, failed = failed + ? WHERE name = ?""",
+                [(*counters, queue) for queue, counters in self.counters.items()],
+            )
         if self.rows:
             self.conn.executemany(
                 "INSERT INTO conveyor_events (origin, queue, type, job_id, at, data) "
@@ -215,16 +233,15 @@ class _Tx:
                 (queue, kind, minute, count),
             )
             self.conn.execute(
-                f"""INSERT INTO conveyor_queues (name, {kind}) VALUES (?, ?)
-                ON CONFLICT (name) DO UPDATE SET {kind} = {kind} + excluded.{kind}""",
-                (queue, count),
-            )
-            self.conn.execute(
                 "DELETE FROM conveyor_metrics WHERE queue = ? AND kind = ? AND minute < ?",
                 (queue, kind, minute - self.store._metrics_minutes),
             )
 
     # -- events ------------------------------------------------------------------------------------
+
+    def after_commit(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` once the transaction has committed (not if it rolls back)."""
+        self.callbacks.append(callback)
 
     def emit(self, queue: str, type_: str, job_id: str | None, **data: Any) -> None:
         text = _ENCODER.encode(data) if data else None
@@ -267,21 +284,24 @@ class _Tx:
         return None if row is None else _load(row)
 
     def seq_for(self, job: JobData, *, head: bool = False) -> int:
-        seq = self.next_seq()
+        seq = self.next_seq(job.queue_name)
         if job.state is JobState.WAITING and (head or job.opts.lifo):
             return -seq
         return seq
 
-    def save(self, row: _Row, *, seq: int | None = None) -> None:
-        """Write the whole job back (``seq``: its new place in its state, if it moved)."""
+    def save(self, row: _Row, *, seq: int | None = None, version: int | None = None) -> bool:
+        """Write the whole job back (``seq``: its new place in its state, if it moved).
+
+        With ``version``, only if the row is still at that version; returns whether it wrote.
+        """
         job = row.job
         finished = job.completed_at if job.state is JobState.COMPLETED else job.failed_at
-        self.conn.execute(
+        cursor = self.conn.execute(
             """UPDATE conveyor_jobs SET name = ?, state = ?, lane = ?, priority = ?,
                 seq = coalesce(?, seq), processed_at = ?, delay_until = ?, lock_until = ?,
                 locked_by = ?, lock_token = ?, finished_at = ?, dedup_key = ?, dedup_until = ?,
-                parent_queue = ?, parent_id = ?, record = ?
-            WHERE pk = ?""",
+                parent_queue = ?, parent_id = ?, record = ?, version = version + 1
+            WHERE pk = ? AND (? IS NULL OR version = ?)""",
             (
                 job.name,
                 job.state.value,
@@ -300,19 +320,26 @@ class _Tx:
                 job.parent_id,
                 _record(job),
                 row.pk,
+                version,
+                version,
             ),
         )
+        return cursor.rowcount == 1
 
     def move(self, row: _Row, state: JobState, *, head: bool = False) -> JobState:
         """Put the job in ``state`` (at the head of its priority, for ``head``) and save it."""
         job = row.job
         prev = job.state
         job.state = state
-        if state in TERMINAL_STATES:
-            key = (job.queue_name, state.value)
-            self.finished[key] = self.finished.get(key, 0) + 1
         self.save(row, seq=self.seq_for(job, head=head))
+        if state in TERMINAL_STATES:
+            self.count_finished(job)
         return prev
+
+    def count_finished(self, job: JobData) -> None:
+        key = (job.queue_name, job.state.value)
+        self.finished[key] = self.finished.get(key, 0) + 1
+        self.queue_counters(job.queue_name)[3 if job.state is JobState.COMPLETED else 4] += 1
 
     def delete(self, row: _Row) -> None:
         """Remove one job; a child removed before finishing stops counting for its parent."""
@@ -492,6 +519,9 @@ class SqliteStore:
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._offloaded: anyio.Event | None = None
         self._next_prune = 0.0
+        self._claimed: dict[str, tuple[str, str, int, int, JobData]] = {}
+        """Jobs this store claimed, by lock token: (queue, id, row, version, record as claimed).
+        An outcome for one of them whose row has not been written since needs no read."""
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SqliteStore:
@@ -690,6 +720,8 @@ class SqliteStore:
                 continue
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite error on {self._path!r}: {exc}") from exc
+            for callback in tx.callbacks:
+                callback()
             if tx.events:
                 self._deliver_local(tx.events)
             return result
@@ -852,10 +884,7 @@ class SqliteStore:
             tx.emit_state(job, None)
             out.append(job)  # a clean copy made by validation: the caller may keep it
         conn.executemany(
-            "INSERT OR IGNORE INTO conveyor_queues (name) VALUES (?)", [(q,) for q in queues]
-        )
-        conn.executemany(
-            "INSERT OR IGNORE INTO conveyor_lanes (queue, lane) VALUES (?, '')",
+            "UPDATE conveyor_queues SET live = 1 WHERE name = ? AND live = 0",
             [(q,) for q in queues],
         )
         try:
@@ -1093,7 +1122,7 @@ class SqliteStore:
         lanes = conn.execute(
             """SELECT lane, served, active FROM conveyor_lanes WHERE queue = ? AND waiting > 0
             UNION ALL
-            SELECT lane, served, 0 FROM conveyor_lanes WHERE queue = ? AND lane = '' AND EXISTS (
+            SELECT '', plain_served, 0 FROM conveyor_queues WHERE name = ? AND EXISTS (
                 SELECT 1 FROM conveyor_jobs WHERE queue = ? AND lane = '' AND state = 'waiting')
             ORDER BY 2, 1""",
             (queue, queue, queue),
@@ -1150,22 +1179,23 @@ class SqliteStore:
         if not picks:
             return []
 
-        row = conn.execute("SELECT tick FROM conveyor_queues WHERE name = ?", (queue,)).fetchone()
-        tick = 0 if row is None else int(row[0])
+        counters = tx.queue_counters(queue)
+        tick = counters[1]
         served: dict[str, int] = {}
         claimed: list[JobData] = []
+        remember: list[tuple[str, tuple[str, str, int, int, JobData]]] = []
         rate_rows: list[tuple[str, str, float]] = []
         processed = from_timestamp(now)
         lock_until = now + duration
         for pk, lane in picks:
-            seq = tx.next_seq()
+            seq = tx.next_seq(queue)
             token = f"{worker_id}:{seq}"
-            record = conn.execute(
+            record, version = conn.execute(
                 """UPDATE conveyor_jobs SET state = 'active', seq = ?, processed_at = ?,
-                    lock_until = ?, locked_by = ?, lock_token = ?
-                WHERE pk = ? RETURNING record""",
+                    lock_until = ?, locked_by = ?, lock_token = ?, version = version + 1
+                WHERE pk = ? RETURNING record, version""",
                 (seq, now, lock_until, worker_id, token, pk),
-            ).fetchone()[0]
+            ).fetchone()
             job = from_json(record, JobData)
             job.state = JobState.ACTIVE
             job.processed_at = processed
@@ -1180,16 +1210,27 @@ class SqliteStore:
                 rate_rows.append((queue, f"g:{lane}", now))
             tx.emit_state(job, JobState.WAITING)
             claimed.append(job)
-        conn.executemany(
-            "UPDATE conveyor_lanes SET served = ? WHERE queue = ? AND lane = ?",
-            [(tick_, queue, lane) for lane, tick_ in served.items()],
-        )
-        conn.execute("UPDATE conveyor_queues SET tick = ? WHERE name = ?", (tick, queue))
+            remember.append((token, (queue, job.id, pk, version, job.copy())))
+        counters[1] = tick
+        if "" in served:
+            counters[2] = served.pop("")
+        if served:
+            conn.executemany(
+                "UPDATE conveyor_lanes SET served = ? WHERE queue = ? AND lane = ?",
+                [(tick_, queue, lane) for lane, tick_ in served.items()],
+            )
         if rate_rows:
             conn.executemany(
                 "INSERT INTO conveyor_rate (queue, scope, at) VALUES (?, ?, ?)", rate_rows
             )
+        tx.after_commit(lambda: self._remember(remember))
         return claimed
+
+    def _remember(self, claimed: list[tuple[str, tuple[str, str, int, int, JobData]]]) -> None:
+        cache = self._claimed
+        cache.update(claimed)
+        while len(cache) > _CLAIM_CACHE:  # jobs finished elsewhere (stalled, taken over)
+            del cache[next(iter(cache))]
 
     def _window(self, tx: _Tx, queue: str, scope: str, limiter: Any) -> int:
         """Claims of a rate window still inside it (older ones are forgotten)."""
@@ -1318,6 +1359,32 @@ class SqliteStore:
         return await self._write(lambda tx: [self._finish(tx, outcome) for outcome in clean])
 
     def _finish(self, tx: _Tx, outcome: JobOutcome) -> bool:
+        cached = self._claimed.get(outcome.lock_token)
+        if (
+            cached is not None
+            and outcome.kind is OutcomeKind.COMPLETED
+            and cached[0] == outcome.queue_name
+            and cached[1] == outcome.job_id
+            and cached[4].parent_id is None
+            and cached[4].opts.remove_on_complete is False
+        ):
+            # The common case: completed, no parent, nothing to remove; the record as this
+            # store claimed it, written back only if nobody wrote the row since.
+            _queue, _id, pk, version, claimed = cached
+            job = claimed.copy()
+            tx.record_attempt(job, OutcomeKind.COMPLETED.value, outcome.failed_reason, count=True)
+            tx.clear_lock(job)
+            if outcome.stacktrace is not None:
+                job.stacktrace.append(outcome.stacktrace)
+            job.returnvalue = outcome.returnvalue
+            job.completed_at = from_timestamp(tx.now)
+            job.state = JobState.COMPLETED
+            if tx.save(_Row(pk, job), seq=tx.next_seq(job.queue_name), version=version):
+                tx.count_finished(job)
+                tx.emit_state(job, JobState.ACTIVE, returnvalue=copy_json(outcome.returnvalue))
+                tx.after_commit(lambda: self._claimed.pop(outcome.lock_token, None))
+                return True
+            # written since the claim (progress, logs, a cancel request...): read it afresh
         row = self._held(tx, outcome.queue_name, outcome.job_id, outcome.lock_token)
         if row is None:
             return False
@@ -1587,6 +1654,11 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO conveyor_paused (queue, name) VALUES (?, ?)",
                 (queue_name, job_name),
             )
+            tx.conn.execute(
+                """INSERT INTO conveyor_queues (name) VALUES (?)
+                ON CONFLICT (name) DO UPDATE SET live = 1""",
+                (queue_name,),
+            )
             tx.emit(queue_name, EventType.PAUSED, None, job_name=job_name)
 
         await self._write(body)
@@ -1677,7 +1749,7 @@ class SqliteStore:
                 )
             conn = tx.conn
             exists = conn.execute(
-                "SELECT 1 FROM conveyor_queues WHERE name = ? UNION ALL "
+                "SELECT 1 FROM conveyor_queues WHERE name = ? AND live UNION ALL "
                 "SELECT 1 FROM conveyor_paused WHERE queue = ? LIMIT 1",
                 (queue_name, queue_name),
             ).fetchone()
@@ -1702,9 +1774,17 @@ class SqliteStore:
                 ("conveyor_lanes", "queue"),
                 ("conveyor_rate", "queue"),
                 ("conveyor_metrics", "queue"),
-                ("conveyor_queues", "name"),
             ):
                 conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (queue_name,))
+            # The row stays for its sequence: lock tokens of the queue never repeat.
+            conn.execute(
+                """UPDATE conveyor_queues SET live = 0, tick = 0, plain_served = 0,
+                    completed = 0, failed = 0 WHERE name = ?""",
+                (queue_name,),
+            )
+            counters = tx.counters.get(queue_name)
+            if counters is not None:
+                counters[1:] = [0, 0, 0, 0]
             tx.emit(queue_name, EventType.OBLITERATED, None)
 
         await self._write(body)
