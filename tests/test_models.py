@@ -368,3 +368,30 @@ def test_hand_made_job_hook_matches_cattrs(job: JobData) -> None:
     """The converter's straight-line JobData hook writes exactly what cattrs' own would."""
     assert unstructure(job) == _CATTRS_OWN.unstructure(job)
     assert list(unstructure(job)) == list(_CATTRS_OWN.unstructure(job))  # same key order
+
+
+@given(jobs)
+def test_hand_made_job_reader_matches_cattrs(job: JobData) -> None:
+    """The converter's fast JobData reader reads exactly what cattrs' own hook reads."""
+    record = unstructure(job)
+    assert structure(record, JobData) == _CATTRS_OWN.structure(record, JobData) == job
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"attempts_made": True}, "$.attempts_made"),
+        ({"state": "sleeping"}, "$.state"),
+        ({"logs": ["a", 1]}, "$.logs[1]"),
+        ({"opts": {"priority": "high"}}, "$.opts.priority"),
+        ({"created_at": "yesterday"}, "$.created_at"),
+        ({"surprise": 1}, "$"),
+    ],
+)
+def test_fast_reader_leaves_bad_records_to_the_precise_errors(
+    change: dict[str, Any], path: str
+) -> None:
+    record = {"id": "a", "queue_name": "q", "name": "n", **change}
+    with pytest.raises(SerializationError) as info:
+        structure(record, JobData)
+    assert info.value.argument.startswith(path)

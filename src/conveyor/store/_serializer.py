@@ -34,7 +34,7 @@ from cattrs.v import format_exception
 from ._durations import to_utc
 from ._errors import ConveyorError, SerializationError
 from ._json import copy_json
-from ._models import AttemptRecord, JobData, JobOptions, RepeatRun
+from ._models import AttemptRecord, JobData, JobOptions, JobState, RepeatRun
 
 __all__ = [
     "configure_converter",
@@ -163,6 +163,114 @@ def _job_unstructure_fn(conv: cattrs.Converter) -> Any:
     return namespace["unstructure_job"]
 
 
+class _Unusual(Exception):
+    """The fast JobData reader met something it leaves to cattrs."""
+
+
+def _job_structure_fn(conv: cattrs.Converter) -> Any:
+    """``JobData``'s structure hook: a fast path for what stores write, cattrs for the rest.
+
+    Reading a record happens on every claim and read. The fast path checks each field's type
+    the way the strict hooks do and builds the record directly; options equal to the defaults
+    share one ``JobOptions`` (it is frozen). Anything it does not expect (an unknown key, a
+    wrong type, a bad value) goes to cattrs' generated hook, which reads it or raises the
+    precise error. tests/test_models.py checks the two agree.
+    """
+    fallback = conv.get_structure_hook(JobData)
+    fields = attrs.fields(JobData)
+    known = frozenset(f.name for f in fields)
+    default_options = JobOptions()
+    nested: dict[str, Any] = {
+        "opts": JobOptions,
+        "attempt_logs": list[AttemptRecord],
+        "repeat_run": RepeatRun,
+    }
+    lines = [
+        "def read(d):",
+        "    if not d.keys() <= known: raise Unusual",
+        "    job = new(JobData)",
+    ]
+    namespace: dict[str, Any] = {
+        "known": known,
+        "new": object.__new__,
+        "JobData": JobData,
+        "JobState": JobState,
+        "Unusual": _Unusual,
+        "default_options": default_options,
+        "dt": _structure_datetime,
+        "structure": conv.structure,
+        "checked_strs": _checked_strs,
+    }
+    for field in fields:
+        name = field.name
+        kind = field.type if isinstance(field.type, str) else repr(field.type)
+        default = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            factory = getattr(default.factory, "__name__", "")  # type: ignore[union-attr]
+            fresh = {"list": "[]", "dict": "{}"}.get(factory)
+        else:
+            fresh = None
+        if default is attrs.NOTHING:
+            lines.append(f"    v = d[{name!r}]")
+        elif fresh is not None:
+            lines.append(f"    v = d.get({name!r}, {fresh})")
+        elif name == "opts":
+            lines.append("    v = d.get('opts')")
+        else:
+            namespace[f"default_{name}"] = default
+            lines.append(f"    v = d.get({name!r}, default_{name})")
+        optional = "None" in kind
+        if name == "opts":
+            check = "    v = default_options if v is None or v == {} else structure(v, opts_type)"
+            namespace["opts_type"] = JobOptions
+        elif name in nested:
+            namespace[f"{name}_type"] = nested[name]
+            guard = "v is not None and " if optional else "v and "
+            check = f"    if {guard}True: v = structure(v, {name}_type)"
+        elif "datetime" in kind:
+            check = "    if v is not None: v = dt(v, None)"
+        elif name == "state":
+            check = "    v = JobState(v)"
+        elif name in ("stacktrace", "logs"):
+            check = "    checked_strs(v)"
+        elif name == "children_values":
+            check = "    if type(v) is not dict: raise Unusual"
+        elif name in ("data", "progress", "returnvalue"):
+            check = ""
+        else:
+            base = {"str": "str", "int": "int", "bool": "bool"}[
+                kind.replace(" | None", "").replace("<class '", "").replace("'>", "")
+            ]
+            none_ok = "v is not None and " if optional else ""
+            check = f"    if {none_ok}type(v) is not {base}: raise Unusual"
+        if check:
+            lines.append(check)
+        lines.append(f"    job.{name} = v")
+    lines.append("    return job")
+    exec("\n".join(lines), namespace)
+    read = namespace["read"]
+
+    def structure_job(value: Any, _type: Any) -> JobData:
+        if type(value) is dict:
+            try:
+                return read(value)  # type: ignore[no-any-return]
+            except (_Unusual, KeyError, TypeError, ValueError, ConveyorError, AttributeError):
+                pass
+            except cattrs.BaseValidationError:
+                pass
+        return fallback(value, _type)  # type: ignore[no-any-return]
+
+    return structure_job
+
+
+def _checked_strs(value: Any) -> None:
+    if type(value) is not list:
+        raise _Unusual
+    for item in value:
+        if type(item) is not str:
+            raise _Unusual
+
+
 def make_converter(*, fast_jobs: bool = True) -> cattrs.Converter:
     """A new converter with conveyor's wire form.
 
@@ -177,6 +285,7 @@ def make_converter(*, fast_jobs: bool = True) -> cattrs.Converter:
     configure_converter(conv)
     if fast_jobs:
         conv.register_unstructure_hook(JobData, _job_unstructure_fn(conv))
+        conv.register_structure_hook(JobData, _job_structure_fn(conv))
     return conv
 
 

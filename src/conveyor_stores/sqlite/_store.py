@@ -77,6 +77,7 @@ from conveyor.store import (
     parse_duration,
     to_json,
     to_utc,
+    unstructure,
 )
 from conveyor.store._validate import (
     check_event,
@@ -88,7 +89,7 @@ from conveyor.store._validate import (
     validate_new_job,
 )
 
-from ._events import EventPoller
+from ._background import Background
 from ._schema import check_database, migrate
 
 __all__ = ["SqliteStore"]
@@ -103,6 +104,8 @@ _PREV_JSON: dict[JobState | None, str] = {
     state: _ENCODER.encode({"prev": state and state.value}) for state in (None, *JobState)
 }
 _OFFLOAD_ROWS = 2000
+_CHECKPOINT_INTERVAL = 0.1
+"""Seconds between the background thread's WAL checkpoints."""
 _CLAIM_CACHE = 10_000
 """How many claimed records a store keeps to finish them without reading them back."""
 """Bulk inserts of more jobs than this run in a worker thread."""
@@ -152,6 +155,36 @@ def _record(job: JobData) -> str:
         return to_json(job)
     finally:
         job.state, job.processed_at, job.lock_until, job.locked_by, job.lock_token = saved
+
+
+@attrs.frozen
+class _Claim:
+    """What a store remembers of a job it claimed, to complete it without reading it."""
+
+    queue: str
+    job_id: str
+    pk: int
+    version: int
+    attempts_made: int
+    has_attempt_logs: bool
+    simple: bool
+    """No parent to tell, no removal to apply."""
+    worker_id: str | None
+    processed_at: datetime | None
+
+    @classmethod
+    def of(cls, job: JobData, pk: int, version: int) -> _Claim:
+        return cls(
+            job.queue_name,
+            job.id,
+            pk,
+            version,
+            job.attempts_made,
+            bool(job.attempt_logs),
+            job.parent_id is None and job.opts.remove_on_complete is False,
+            job.locked_by,
+            job.processed_at,
+        )
 
 
 @attrs.define
@@ -333,13 +366,13 @@ class _Tx:
         job.state = state
         self.save(row, seq=self.seq_for(job, head=head))
         if state in TERMINAL_STATES:
-            self.count_finished(job)
+            self.count_finished(job.queue_name, state)
         return prev
 
-    def count_finished(self, job: JobData) -> None:
-        key = (job.queue_name, job.state.value)
+    def count_finished(self, queue: str, state: JobState) -> None:
+        key = (queue, state.value)
         self.finished[key] = self.finished.get(key, 0) + 1
-        self.queue_counters(job.queue_name)[3 if job.state is JobState.COMPLETED else 4] += 1
+        self.queue_counters(queue)[3 if state is JobState.COMPLETED else 4] += 1
 
     def delete(self, row: _Row) -> None:
         """Remove one job; a child removed before finishing stops counting for its parent."""
@@ -515,13 +548,13 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._origin = uuid.uuid4().hex
         self._subscribers: dict[str | None, list[EventCallback]] = {}
-        self._poller: EventPoller | None = None
+        self._background: Background | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._offloaded: anyio.Event | None = None
         self._next_prune = 0.0
-        self._claimed: dict[str, tuple[str, str, int, int, JobData]] = {}
-        """Jobs this store claimed, by lock token: (queue, id, row, version, record as claimed).
-        An outcome for one of them whose row has not been written since needs no read."""
+        self._claimed: dict[str, _Claim] = {}
+        """Jobs this store claimed, by lock token. An outcome for one of them whose row has
+        not been written since needs no read (see _complete_claimed)."""
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SqliteStore:
@@ -579,8 +612,17 @@ class SqliteStore:
         # Opening and migrating may wait on other processes: do it off the event loop.
         self._conn = await anyio.to_thread.run_sync(self._open)
         self._lifecycle = _Lifecycle.CONNECTED
-        if self._subscribers:
-            self._start_poller()
+        if not self._memory:
+            self._background = Background(
+                self._path,
+                self._origin,
+                self._token,
+                self._deliver_foreign,
+                poll_interval=self._poll_interval,
+                checkpoint_interval=_CHECKPOINT_INTERVAL,
+            )
+            if self._subscribers:
+                self._background.listen(self._path)
 
     def _open(self) -> sqlite3.Connection:
         """Open, check and migrate the file (in a worker thread: it may wait on others)."""
@@ -623,8 +665,10 @@ class SqliteStore:
             conn.execute("PRAGMA cache_size = -65536")
             conn.execute("PRAGMA foreign_keys = OFF")
             migrate(conn, where, apply=self._auto_migrate)
-            # From now on the event loop never blocks on another process's lock: see _run.
+            # From now on the event loop never blocks on another process's lock (see _run),
+            # nor on a checkpoint's disk syncs (the background thread checkpoints).
             conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         except BaseException:
             conn.close()
             raise
@@ -636,10 +680,10 @@ class SqliteStore:
             return
         self._lifecycle = _Lifecycle.CLOSED
         self._subscribers.clear()
-        poller, self._poller = self._poller, None
-        if poller is not None:
+        background, self._background = self._background, None
+        if background is not None:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(poller.stop)
+                await anyio.to_thread.run_sync(background.stop)
         if self._offloaded is not None:
             with anyio.CancelScope(shield=True):
                 await self._offloaded.wait()
@@ -1183,7 +1227,7 @@ class SqliteStore:
         tick = counters[1]
         served: dict[str, int] = {}
         claimed: list[JobData] = []
-        remember: list[tuple[str, tuple[str, str, int, int, JobData]]] = []
+        remember: list[tuple[str, _Claim]] = []
         rate_rows: list[tuple[str, str, float]] = []
         processed = from_timestamp(now)
         lock_until = now + duration
@@ -1210,7 +1254,7 @@ class SqliteStore:
                 rate_rows.append((queue, f"g:{lane}", now))
             tx.emit_state(job, JobState.WAITING)
             claimed.append(job)
-            remember.append((token, (queue, job.id, pk, version, job.copy())))
+            remember.append((token, _Claim.of(job, pk, version)))
         counters[1] = tick
         if "" in served:
             counters[2] = served.pop("")
@@ -1226,7 +1270,61 @@ class SqliteStore:
         tx.after_commit(lambda: self._remember(remember))
         return claimed
 
-    def _remember(self, claimed: list[tuple[str, tuple[str, str, int, int, JobData]]]) -> None:
+    def _complete_claimed(self, tx: _Tx, claim: _Claim, outcome: JobOutcome) -> bool:
+        """The common outcome, written without reading the job: it completed, it has no
+        parent and nothing to remove, and its row was not written since this store claimed
+        it (the version says so). The record is patched in place by SQLite's JSON functions.
+        Returns ``False``, having changed nothing, when the row was written since (progress,
+        logs, a cancel request...): the caller then reads it afresh.
+        """
+        finished = from_timestamp(tx.now)
+        attempt = _ENCODER.encode(
+            unstructure(
+                AttemptRecord(
+                    attempt=claim.attempts_made + 1,
+                    worker_id=claim.worker_id,
+                    started_at=claim.processed_at,
+                    finished_at=finished,
+                    outcome=OutcomeKind.COMPLETED.value,
+                )
+            )
+        )
+        if claim.has_attempt_logs:
+            with_attempt = "json_insert(record, '$.attempt_logs[#]', json(?))"
+        else:
+            with_attempt = "json_set(record, '$.attempt_logs', json_array(json(?)))"
+        returnvalue = outcome.returnvalue
+        cursor = tx.conn.execute(
+            f"""UPDATE conveyor_jobs SET state = 'completed', seq = ?, lock_until = NULL,
+                locked_by = NULL, lock_token = NULL, finished_at = ?, version = version + 1,
+                record = json_set({with_attempt}, '$.returnvalue', json(?),
+                    '$.completed_at', ?, '$.attempts_made', ?)
+            WHERE pk = ? AND version = ?""",
+            (
+                tx.next_seq(claim.queue),
+                tx.now,
+                attempt,
+                _ENCODER.encode(returnvalue),
+                finished.isoformat(),
+                claim.attempts_made + 1,
+                claim.pk,
+                claim.version,
+            ),
+        )
+        if cursor.rowcount != 1:
+            return False
+        tx.count_finished(claim.queue, JobState.COMPLETED)
+        tx.emit(
+            claim.queue,
+            JobState.COMPLETED.value,
+            claim.job_id,
+            prev=JobState.ACTIVE.value,
+            returnvalue=copy_json(returnvalue),
+        )
+        tx.after_commit(lambda: self._claimed.pop(outcome.lock_token, None))
+        return True
+
+    def _remember(self, claimed: list[tuple[str, _Claim]]) -> None:
         cache = self._claimed
         cache.update(claimed)
         while len(cache) > _CLAIM_CACHE:  # jobs finished elsewhere (stalled, taken over)
@@ -1359,32 +1457,18 @@ class SqliteStore:
         return await self._write(lambda tx: [self._finish(tx, outcome) for outcome in clean])
 
     def _finish(self, tx: _Tx, outcome: JobOutcome) -> bool:
-        cached = self._claimed.get(outcome.lock_token)
+        claim = self._claimed.get(outcome.lock_token)
         if (
-            cached is not None
+            claim is not None
+            and claim.simple
             and outcome.kind is OutcomeKind.COMPLETED
-            and cached[0] == outcome.queue_name
-            and cached[1] == outcome.job_id
-            and cached[4].parent_id is None
-            and cached[4].opts.remove_on_complete is False
+            and outcome.failed_reason is None
+            and outcome.stacktrace is None
+            and claim.queue == outcome.queue_name
+            and claim.job_id == outcome.job_id
+            and self._complete_claimed(tx, claim, outcome)
         ):
-            # The common case: completed, no parent, nothing to remove; the record as this
-            # store claimed it, written back only if nobody wrote the row since.
-            _queue, _id, pk, version, claimed = cached
-            job = claimed.copy()
-            tx.record_attempt(job, OutcomeKind.COMPLETED.value, outcome.failed_reason, count=True)
-            tx.clear_lock(job)
-            if outcome.stacktrace is not None:
-                job.stacktrace.append(outcome.stacktrace)
-            job.returnvalue = outcome.returnvalue
-            job.completed_at = from_timestamp(tx.now)
-            job.state = JobState.COMPLETED
-            if tx.save(_Row(pk, job), seq=tx.next_seq(job.queue_name), version=version):
-                tx.count_finished(job)
-                tx.emit_state(job, JobState.ACTIVE, returnvalue=copy_json(outcome.returnvalue))
-                tx.after_commit(lambda: self._claimed.pop(outcome.lock_token, None))
-                return True
-            # written since the claim (progress, logs, a cancel request...): read it afresh
+            return True
         row = self._held(tx, outcome.queue_name, outcome.job_id, outcome.lock_token)
         if row is None:
             return False
@@ -1841,8 +1925,8 @@ class SqliteStore:
         if not callable(callback):
             raise InvalidArgumentError("callback", "must be callable")
         self._subscribers.setdefault(queue_name, []).append(callback)
-        if self._lifecycle is _Lifecycle.CONNECTED and self._poller is None:
-            self._start_poller()
+        if self._background is not None:
+            self._background.listen(self._path)
 
     def unsubscribe(self, queue_name: str | None, callback: EventCallback | None = None) -> None:
         callbacks = self._subscribers.get(queue_name)
@@ -1862,13 +1946,6 @@ class SqliteStore:
             tx.publish(clean)
 
         await self._write(body)
-
-    def _start_poller(self) -> None:
-        if self._memory or self._token is None:
-            return  # a private in-memory database has no other process to hear from
-        self._poller = EventPoller(
-            self._path, self._origin, self._poll_interval, self._token, self._deliver_foreign
-        )
 
     def _deliver_local(self, events: Iterable[StoreEvent]) -> None:
         if self._subscribers:
