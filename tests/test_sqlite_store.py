@@ -211,3 +211,28 @@ async def test_subscribers_see_other_connections_events(tmp_path: Path, anyio_ba
             ("completed", "a"),
         ]
         assert seen[-1].data["returnvalue"] == 42
+
+
+async def test_events_are_pruned_by_the_wall_clock_keeping_the_newest(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    path = tmp_path / "jobs.db"
+
+    def event_ids() -> list[int]:
+        conn = sqlite3.connect(path)
+        try:
+            return [row[0] for row in conn.execute("SELECT id FROM conveyor_events ORDER BY id")]
+        finally:
+            conn.close()
+
+    # The store's clock is decades behind the wall clock: age is judged by the wall clock.
+    async with SqliteStore(path, clock=ManualClock(1_000.0), event_retention=0.2) as store:
+        await store.save_bulk([make_job(job_id=f"a{i}") for i in range(3)])
+        await store.save_job(make_job(job_id="b"))
+        assert event_ids() == [1, 2, 3, 4]
+        await anyio.sleep(1.3)  # past the retention and the once-a-second pruning
+        await store.save_job(make_job(job_id="c"))  # its write prunes the four old events
+        assert event_ids() == [5]
+        await anyio.sleep(1.3)
+        await store.save_job(make_job(job_id="d"))
+        assert event_ids() == [6]  # ids keep growing after pruning

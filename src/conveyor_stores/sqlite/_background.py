@@ -82,6 +82,10 @@ class Background:
         self._listening = True
         self._wake.set()
 
+    def mute(self) -> None:
+        """Stop delivering other processes' events (nobody listens any more)."""
+        self._listening = False
+
     def stop(self) -> None:
         """Stop the thread and wait for it (call from a worker thread, not the event loop)."""
         self._stop = True

@@ -131,20 +131,26 @@ def _v1(db: sqlite_utils.Database) -> None:
         pk=("queue", "kind", "minute"),
         not_null={"count"},
     )
-    # sqlite-utils does not write AUTOINCREMENT, partial indexes or triggers: plain SQL.
-    # AUTOINCREMENT: event ids never go back, even after pruning empties the table, so a
-    # reader that remembers the last id it saw never misses a new event.
-    db.execute(
-        """CREATE TABLE conveyor_events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            origin TEXT NOT NULL,
-            queue TEXT NOT NULL,
-            type TEXT NOT NULL,
-            job_id TEXT,
-            at REAL NOT NULL,
-            data TEXT
-        )"""
+    # Event ids only grow, so a reader that remembers the last id it saw never misses a new
+    # event: pruning never deletes the newest row (an INTEGER PRIMARY KEY takes max + 1;
+    # AUTOINCREMENT would guarantee the same at the cost of a page write per transaction).
+    # ``at`` is the event's time (the store's clock); ``written`` the wall clock, for pruning.
+    db.create_table(
+        "conveyor_events",
+        {
+            "id": int,
+            "origin": str,
+            "queue": str,
+            "type": str,
+            "job_id": str,
+            "at": float,
+            "written": float,
+            "data": str,
+        },
+        pk="id",
+        not_null={"origin", "queue", "type", "at", "written"},
     )
+    # sqlite-utils does not write partial indexes or triggers: plain SQL.
     for statement in (
         # (id, queue): serves lookups by queue and id, and by id alone (find_job_by_id)
         "CREATE UNIQUE INDEX conveyor_jobs_key ON conveyor_jobs (id, queue)",

@@ -213,6 +213,7 @@ class _Tx:
         self.conn = conn
         self.now = now
         self.rows: list[tuple[Any, ...]] = []
+        self.written = time.time()
         """Events to write to ``conveyor_events`` for other processes."""
         self.events: list[StoreEvent] = []
         """The same events for this store's own subscribers (only built when it has some)."""
@@ -254,8 +255,8 @@ class _Tx:
             )
         if self.rows:
             self.conn.executemany(
-                "INSERT INTO conveyor_events (origin, queue, type, job_id, at, data) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO conveyor_events (origin, queue, type, job_id, at, written, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 self.rows,
             )
         minute = int(self.now // 60)
@@ -278,7 +279,7 @@ class _Tx:
 
     def emit(self, queue: str, type_: str, job_id: str | None, **data: Any) -> None:
         text = _ENCODER.encode(data) if data else None
-        self.rows.append((self._origin, queue, type_, job_id, self.now, text))
+        self.rows.append((self._origin, queue, type_, job_id, self.now, self.written, text))
         if self._local:
             self.events.append(StoreEvent(type_, queue, job_id, data, from_timestamp(self.now)))
 
@@ -288,7 +289,15 @@ class _Tx:
             return
         # The common event (a state change and nothing more), without encoding anything.
         self.rows.append(
-            (self._origin, job.queue_name, job.state.value, job.id, self.now, _PREV_JSON[prev])
+            (
+                self._origin,
+                job.queue_name,
+                job.state.value,
+                job.id,
+                self.now,
+                self.written,
+                _PREV_JSON[prev],
+            )
         )
         if self._local:
             event_data = {"prev": prev and prev.value}
@@ -299,7 +308,9 @@ class _Tx:
     def publish(self, event: StoreEvent) -> None:
         at = self.now if event.timestamp is None else event.timestamp.timestamp()
         text = _ENCODER.encode(event.data) if event.data else None
-        self.rows.append((self._origin, event.queue_name, event.type, event.job_id, at, text))
+        self.rows.append(
+            (self._origin, event.queue_name, event.type, event.job_id, at, self.written, text)
+        )
         if self._local:
             if event.timestamp is None:
                 event = attrs.evolve(event, timestamp=from_timestamp(self.now))
@@ -791,13 +802,16 @@ class SqliteStore:
         if wall < self._next_prune:
             return
         self._next_prune = wall + 1.0
+        # By the wall clock (the store's clock may be a test's), oldest rows first, and never
+        # the newest row: it keeps event ids growing (see _schema).
         cutoff = time.time() - self._event_retention
         row = tx.conn.execute(
-            "SELECT id FROM conveyor_events WHERE at >= ? ORDER BY id LIMIT 1", (cutoff,)
+            """SELECT coalesce(
+                (SELECT id FROM conveyor_events WHERE written >= ? ORDER BY id LIMIT 1),
+                (SELECT max(id) FROM conveyor_events))""",
+            (cutoff,),
         ).fetchone()
-        if row is None:
-            tx.conn.execute("DELETE FROM conveyor_events WHERE at < ?", (cutoff,))
-        else:
+        if row[0] is not None:
             tx.conn.execute("DELETE FROM conveyor_events WHERE id < ?", (row[0],))
 
     # -- adding ------------------------------------------------------------------------------------
@@ -1938,6 +1952,8 @@ class SqliteStore:
             self._subscribers[queue_name] = [c for c in callbacks if c != callback]
         if not self._subscribers[queue_name]:
             del self._subscribers[queue_name]
+        if not self._subscribers and self._background is not None:
+            self._background.mute()
 
     async def publish(self, event: StoreEvent) -> None:
         clean = check_event(event)
