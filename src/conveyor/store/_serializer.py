@@ -108,8 +108,17 @@ def configure_converter(conv: cattrs.Converter) -> None:
     conv.register_structure_hook(bool | int, _structure_bool_or_int)
 
 
+_last_iso: tuple[datetime | None, str] = (None, "")
+
+
 def _iso(value: datetime) -> str:
-    return to_utc(value, "timestamp").isoformat()
+    global _last_iso
+    last, text = _last_iso
+    if value is last:  # the jobs of a bulk add share one created_at
+        return text
+    text = to_utc(value, "timestamp").isoformat()
+    _last_iso = (value, text)
+    return text
 
 
 def _job_unstructure_fn(conv: cattrs.Converter) -> Any:
