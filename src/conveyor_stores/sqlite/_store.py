@@ -4,8 +4,11 @@ How it runs (the measurements behind these choices are in ``bench/sqlite_call_mo
 
 * One connection per store, called directly on the event loop. A claim or an outcome write is
   a transaction of well under a millisecond, and a thread hop per call costs more than the call
-  (5x fewer jobs per second through ``anyio.to_thread``). Large bulk inserts, which can take
-  longer, run in a worker thread while the store's other calls wait for them.
+  (at one job per transaction: 2.5-4x fewer jobs per second through ``anyio.to_thread`` or a
+  dedicated connection thread than direct calls). Large bulk inserts, which can take longer, run
+  in a worker thread while the store's other calls wait for them.
+* WAL checkpoints, with their disk syncs, run in the store's background thread (see
+  ``_background``), never inside a commit on the event loop.
 * Every write is one ``BEGIN IMMEDIATE`` transaction with no await inside it, so nothing can
   interleave with it in this process and the write lock is taken before anything is read. The
   connection has no busy timeout (a blocked ``BEGIN`` would freeze the event loop): when another
