@@ -236,3 +236,23 @@ async def test_events_are_pruned_by_the_wall_clock_keeping_the_newest(
         await anyio.sleep(1.3)
         await store.save_job(make_job(job_id="d"))
         assert event_ids() == [6]  # ids keep growing after pruning
+
+
+async def test_a_large_bulk_add_runs_beside_the_loop_and_other_calls_wait(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    async with SqliteStore(tmp_path / "jobs.db") as store:
+        await store.save_job(make_job(job_id="first"))
+        jobs = [make_job(job_id=f"j{i}") for i in range(2500)]  # above the offload threshold
+        reads: list[bool] = []
+
+        async def read_meanwhile() -> None:
+            for _ in range(20):
+                reads.append(await store.get_job("q", "first") is not None)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_meanwhile)
+            saved = await store.save_bulk(jobs)
+        assert [job.id for job in saved] == [job.id for job in jobs]
+        assert reads == [True] * 20
+        assert await store.count_jobs("q", JobState.WAITING) == 2501
