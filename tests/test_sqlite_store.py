@@ -256,3 +256,16 @@ async def test_a_large_bulk_add_runs_beside_the_loop_and_other_calls_wait(
         assert [job.id for job in saved] == [job.id for job in jobs]
         assert reads == [True] * 20
         assert await store.count_jobs("q", JobState.WAITING) == 2501
+
+
+async def test_truncate_all_empties_the_file_but_keeps_the_schema(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    async with SqliteStore(tmp_path / "jobs.db") as store:
+        await store.save_bulk([make_job(job_id=f"j{i}", group=Group("g")) for i in range(3)])
+        await store.pause_job_name("q", "other")
+        await store.truncate_all()
+        assert await store.list_queues() == []
+        assert await store.get_group_active_count("q", "g") == 0
+        await store.save_job(make_job(job_id="again"))
+        assert await claim_ids(store) == ["again"]

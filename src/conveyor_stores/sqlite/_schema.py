@@ -191,7 +191,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def _applied_version(conn: sqlite3.Connection, where: str) -> int:
+def check_database(conn: sqlite3.Connection, where: str) -> int:
     """The schema version of the database, checking it is ours and not newer than this code.
 
     Reads only: a file that is not a conveyor database is left exactly as it was.
@@ -221,11 +221,6 @@ def _applied_version(conn: sqlite3.Connection, where: str) -> int:
     return version
 
 
-def check_database(conn: sqlite3.Connection, where: str) -> int:
-    """:func:`_applied_version`, for a connection outside any transaction."""
-    return _applied_version(conn, where)
-
-
 def migrate(conn: sqlite3.Connection, where: str, *, apply: bool) -> int:
     """Bring the database up to :data:`SCHEMA_VERSION` in one ``BEGIN IMMEDIATE`` transaction.
 
@@ -234,7 +229,7 @@ def migrate(conn: sqlite3.Connection, where: str, *, apply: bool) -> int:
     ``conn`` must be in autocommit mode (``isolation_level=None``) and have a busy timeout.
     With ``apply=False`` a database that needs migrating raises :class:`StoreError` instead.
     """
-    if _applied_version(conn, where) == SCHEMA_VERSION:
+    if check_database(conn, where) == SCHEMA_VERSION:
         return SCHEMA_VERSION
     if not apply:
         raise StoreError(
@@ -243,7 +238,7 @@ def migrate(conn: sqlite3.Connection, where: str, *, apply: bool) -> int:
         )
     conn.execute("BEGIN IMMEDIATE")
     try:
-        version = _applied_version(conn, where)
+        version = check_database(conn, where)
         db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
         if version == 0:
             db.create_table(

@@ -336,19 +336,16 @@ class _Tx:
             return -seq
         return seq
 
-    def save(self, row: _Row, *, seq: int | None = None, version: int | None = None) -> bool:
-        """Write the whole job back (``seq``: its new place in its state, if it moved).
-
-        With ``version``, only if the row is still at that version; returns whether it wrote.
-        """
+    def save(self, row: _Row, *, seq: int | None = None) -> None:
+        """Write the whole job back (``seq``: its new place in its state, if it moved)."""
         job = row.job
         finished = job.completed_at if job.state is JobState.COMPLETED else job.failed_at
-        cursor = self.conn.execute(
+        self.conn.execute(
             """UPDATE conveyor_jobs SET name = ?, state = ?, lane = ?, priority = ?,
                 seq = coalesce(?, seq), processed_at = ?, delay_until = ?, lock_until = ?,
                 locked_by = ?, lock_token = ?, finished_at = ?, dedup_key = ?, dedup_until = ?,
                 parent_queue = ?, parent_id = ?, record = ?, version = version + 1
-            WHERE pk = ? AND (? IS NULL OR version = ?)""",
+            WHERE pk = ?""",
             (
                 job.name,
                 job.state.value,
@@ -367,11 +364,8 @@ class _Tx:
                 job.parent_id,
                 _record(job),
                 row.pk,
-                version,
-                version,
             ),
         )
-        return cursor.rowcount == 1
 
     def move(self, row: _Row, state: JobState, *, head: bool = False) -> JobState:
         """Put the job in ``state`` (at the head of its priority, for ``head``) and save it."""
