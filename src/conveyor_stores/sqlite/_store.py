@@ -669,7 +669,7 @@ class SqliteStore:
                     raise StoreError(f"cannot put {where} in WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {self._synchronous.value.upper()}")
             # A bigger page cache than the 2 MB default: index pages stay in memory as the
-            # queue grows (inserts land all over the id index: ids are random).
+            # queue grows (custom job ids land anywhere in the id index).
             conn.execute("PRAGMA cache_size = -65536")
             conn.execute("PRAGMA foreign_keys = OFF")
             migrate(conn, where, apply=self._auto_migrate)
@@ -697,7 +697,9 @@ class SqliteStore:
                 await self._offloaded.wait()
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close()
+            # The last connection to close checkpoints the WAL and syncs: not on the loop.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(conn.close)
 
     async def __aenter__(self) -> Self:
         await self.connect()
