@@ -6,6 +6,7 @@ input with the same error naming the same argument.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,7 @@ from ._models import (
     JobOptions,
     JobOutcome,
     JobState,
+    MetricKind,
     OutcomeKind,
     RepeatRun,
     StoreEvent,
@@ -33,7 +35,9 @@ from ._models import (
 __all__ = [
     "UPDATABLE_FIELDS",
     "check_fetch",
+    "check_metrics_query",
     "check_outcomes",
+    "check_text",
     "check_updates",
     "validate_new_job",
 ]
@@ -219,3 +223,26 @@ def check_event(event: object) -> StoreEvent:
     data = check_json(dict(event.data), "event.data")
     timestamp = None if event.timestamp is None else to_utc(event.timestamp, "event.timestamp")
     return attrs.evolve(event, data=data, timestamp=timestamp)
+
+
+def check_text(value: object, argument: str) -> str:
+    """Validate free text (a log line, a failure reason): any ``str``, empty included."""
+    if not isinstance(value, str):
+        raise InvalidArgumentError(argument, f"expected str, got {type(value).__name__}")
+    return value
+
+
+def check_metrics_query(
+    kind: object, start: datetime | None, end: datetime | None
+) -> tuple[MetricKind, float, float]:
+    """Validate ``get_metrics``'s arguments; return the kind and the first and last minute
+    asked for (minutes since the epoch, unbounded ends as infinities)."""
+    try:
+        metric = MetricKind(str(kind))
+    except ValueError:
+        raise InvalidArgumentError(
+            "kind", f"unknown metric {kind!r} (known: completed, failed)"
+        ) from None
+    first = -math.inf if start is None else to_utc(start, "start").timestamp() // 60
+    last = math.inf if end is None else to_utc(end, "end").timestamp() // 60
+    return metric, first, last

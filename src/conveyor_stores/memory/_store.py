@@ -19,16 +19,12 @@ critical section it would never be contended, so the store does without and save
 
 from __future__ import annotations
 
-import enum
 import itertools
-import logging
-import math
 import urllib.parse
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import attrs
 from anyio.lowlevel import checkpoint
@@ -37,13 +33,11 @@ from sortedcontainers import SortedList
 from conveyor.store import (
     ALL_JOB_NAMES,
     TERMINAL_STATES,
-    AttemptRecord,
     ChildFailurePolicy,
     Clock,
     ConveyorError,
     DuplicateJobError,
     Duration,
-    EventCallback,
     EventType,
     FetchOptions,
     GroupFullError,
@@ -67,31 +61,26 @@ from conveyor.store import (
     from_timestamp,
     parse_duration,
     structure,
-    to_utc,
     unstructure,
 )
+from conveyor.store._base import Lifecycle, StoreBase, add_attempt
 from conveyor.store._validate import (
     check_event,
     check_fetch,
     check_jobs,
     check_lock_duration,
+    check_metrics_query,
     check_outcomes,
+    check_text,
     check_updates,
     validate_new_job,
 )
 
 __all__ = ["MemoryStore"]
 
-log = logging.getLogger("conveyor.stores.memory")
 
 _WaitKey = tuple[int, int, str]  # (priority, order, job id)
 _DelayKey = tuple[float, int, str]  # (delay_until, seq, job id)
-
-
-class _Lifecycle(enum.Enum):
-    NEW = "new"
-    CONNECTED = "connected"
-    CLOSED = "closed"
 
 
 @attrs.define
@@ -151,22 +140,13 @@ def _ts(value: datetime | None) -> float:
     return value.timestamp()
 
 
-def _metric_kind(value: object) -> MetricKind:
-    try:
-        return MetricKind(str(value))
-    except ValueError:
-        raise InvalidArgumentError(
-            "kind", f"unknown metric {value!r} (known: completed, failed)"
-        ) from None
-
-
 def _trim(window: deque[float], since: float) -> deque[float]:
     while window and window[0] <= since:
         window.popleft()
     return window
 
 
-class MemoryStore:
+class MemoryStore(StoreBase):
     """The whole store contract in memory: for tests, development and single-process tools.
 
     Nothing survives the process, and :meth:`disconnect` forgets everything. Events reach
@@ -194,13 +174,11 @@ class MemoryStore:
         self._clock: Clock = clock or SystemClock()
         retention = parse_duration(metrics_retention, "metrics_retention", allow_zero=False)
         self._metrics_minutes = max(int(retention // 60), 1)
-        self._on_event_error = on_event_error
-        self._lifecycle = _Lifecycle.NEW
+        super().__init__(on_event_error=on_event_error)
         self._queues: dict[str, _Queue] = {}
         self._children: dict[tuple[str, str], dict[tuple[str, str], None]] = {}
         self._seq = itertools.count(1)
         self._tokens = itertools.count(1)
-        self._subscribers: dict[str | None, list[EventCallback]] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryStore:
@@ -221,34 +199,14 @@ class MemoryStore:
 
     async def connect(self) -> None:
         await checkpoint()
-        if self._lifecycle is _Lifecycle.CLOSED:
-            raise StoreError("this MemoryStore was disconnected; create a new one")
-        if self._lifecycle is _Lifecycle.CONNECTED:
-            raise StoreError("this MemoryStore is already connected")
-        self._lifecycle = _Lifecycle.CONNECTED
+        self._check_connectable()
+        self._lifecycle = Lifecycle.CONNECTED
 
     async def disconnect(self) -> None:
         await checkpoint()
-        self._lifecycle = _Lifecycle.CLOSED
+        self._lifecycle = Lifecycle.CLOSED
         self.reset()
         self._subscribers.clear()
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.disconnect()
-
-    @property
-    def connected(self) -> bool:
-        """Whether the store is connected (and not yet disconnected)."""
-        return self._lifecycle is _Lifecycle.CONNECTED
 
     def reset(self) -> None:
         """Forget every job, queue and paused name (subscribers stay). For tests."""
@@ -318,13 +276,7 @@ class MemoryStore:
 
     async def _enter(self) -> None:
         await checkpoint()
-        if self._lifecycle is not _Lifecycle.CONNECTED:
-            state = (
-                "was disconnected" if self._lifecycle is _Lifecycle.CLOSED else "is not connected"
-            )
-            raise StoreError(
-                f"this MemoryStore {state}; use `async with store:` or `await store.connect()`"
-            )
+        self._check_connected()
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -343,23 +295,9 @@ class MemoryStore:
     def _emit(
         self, queue_name: str, type_: str, job_id: str | None, now: float, **data: Any
     ) -> None:
-        if not self._subscribers:
-            return
-        callbacks = [*self._subscribers.get(queue_name, ()), *self._subscribers.get(None, ())]
-        if not callbacks:
-            return
-        event = StoreEvent(type_, queue_name, job_id, data, from_timestamp(now))
-        self._deliver(event, callbacks)
-
-    def _deliver(self, event: StoreEvent, callbacks: Iterable[EventCallback]) -> None:
-        for callback in callbacks:
-            try:
-                callback(event)
-            except Exception as exc:
-                if self._on_event_error is not None:
-                    self._on_event_error(exc)
-                else:
-                    log.warning("event subscriber %r raised", callback, exc_info=exc)
+        if queue_name not in self._subscribers and None not in self._subscribers:
+            return  # nobody listens: build nothing
+        self._deliver((StoreEvent(type_, queue_name, job_id, data, from_timestamp(now)),))
 
     def _emit_state(self, job: JobData, prev: JobState | None, now: float, **data: Any) -> None:
         if self._subscribers:
@@ -678,8 +616,7 @@ class MemoryStore:
     async def add_log(self, queue_name: str, job_id: str, message: str) -> int:
         check_name(queue_name, "queue_name")
         check_name(job_id, "job_id")
-        if not isinstance(message, str):
-            raise InvalidArgumentError("message", f"expected str, got {type(message).__name__}")
+        check_text(message, "message")
         await self._enter()
         job = self._find(queue_name, job_id)
         if job is None:
@@ -735,16 +672,6 @@ class MemoryStore:
         return job.copy()
 
     # -- claiming ----------------------------------------------------------------------------------
-
-    async def fetch_next_job(
-        self,
-        queue_name: str,
-        worker_id: str,
-        lock_duration: Duration,
-        opts: FetchOptions | None = None,
-    ) -> JobData | None:
-        jobs = await self.fetch_next_jobs(queue_name, worker_id, lock_duration, 1, opts)
-        return jobs[0] if jobs else None
 
     async def fetch_next_jobs(
         self,
@@ -846,14 +773,6 @@ class MemoryStore:
             return None
         return job
 
-    async def extend_lock(
-        self, queue_name: str, job_id: str, lock_token: str, duration: Duration
-    ) -> bool:
-        check_name(job_id, "job_id")
-        check_name(lock_token, "lock_token")
-        statuses = await self.extend_locks(queue_name, {job_id: lock_token}, duration)
-        return statuses[job_id] is not LockStatus.LOST
-
     async def extend_locks(
         self, queue_name: str, locks: Mapping[str, str], duration: Duration
     ) -> dict[str, LockStatus]:
@@ -890,27 +809,11 @@ class MemoryStore:
         if q is None or job is None:
             return False
         now = self._clock.time()
-        self._record_attempt(job, now, "released", None, count=False)
+        add_attempt(job, from_timestamp(now), "released", None, count=False)
         self._clear_lock(job)
         prev = self._move(q, job, JobState.WAITING, head=True)
         self._emit_state(job, prev, now)
         return True
-
-    def _record_attempt(
-        self, job: JobData, now: float, outcome: str, error: str | None, *, count: bool
-    ) -> None:
-        if count:
-            job.attempts_made += 1
-        job.attempt_logs.append(
-            AttemptRecord(
-                attempt=job.attempts_made if count else job.attempts_made + 1,
-                worker_id=job.locked_by,
-                started_at=job.processed_at,
-                finished_at=from_timestamp(now),
-                outcome=outcome,
-                error=error,
-            )
-        )
 
     async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[bool]:
         clean = check_outcomes(outcomes)
@@ -927,8 +830,12 @@ class MemoryStore:
         if job.cancelled_at is not None and kind in (OutcomeKind.RETRY, OutcomeKind.DELAY):
             kind = OutcomeKind.FAILED
             outcome = attrs.evolve(outcome, failed_reason=outcome.failed_reason or "cancelled")
-        self._record_attempt(
-            job, now, kind.value, outcome.failed_reason, count=kind is not OutcomeKind.DELAY
+        add_attempt(
+            job,
+            from_timestamp(now),
+            kind.value,
+            outcome.failed_reason,
+            count=kind is not OutcomeKind.DELAY,
         )
         self._clear_lock(job)
         if outcome.stacktrace is not None:
@@ -1038,8 +945,7 @@ class MemoryStore:
     ) -> bool:
         check_name(parent_queue_name, "parent_queue_name")
         check_name(parent_id, "parent_id")
-        if not isinstance(reason, str):
-            raise InvalidArgumentError("reason", f"expected str, got {type(reason).__name__}")
+        check_text(reason, "reason")
         await self._enter()
         parent = self._find(parent_queue_name, parent_id)
         return parent is not None and self._fail_parent(parent, reason, self._clock.time())
@@ -1083,7 +989,7 @@ class MemoryStore:
         out = []
         for job in self._expired(q, now):
             job.stalled_count += 1
-            self._record_attempt(job, now, "stalled", None, count=False)
+            add_attempt(job, from_timestamp(now), "stalled", None, count=False)
             self._emit(queue_name, EventType.STALLED, job.id, now, stalled_count=job.stalled_count)
             if job.cancelled_at is not None:
                 self._fail(q, job, "cancelled", now, cancelled=True)
@@ -1097,9 +1003,6 @@ class MemoryStore:
         return out
 
     # -- queries -----------------------------------------------------------------------------------
-
-    async def get_active_count(self, queue_name: str) -> int:
-        return await self.count_jobs(queue_name, JobState.ACTIVE)
 
     async def list_jobs(
         self, queue_name: str, state: JobState, start: int = 0, end: int = 100
@@ -1171,9 +1074,7 @@ class MemoryStore:
         end: datetime | None = None,
     ) -> Metrics:
         check_name(queue_name, "queue_name")
-        kind = _metric_kind(kind)
-        first = -math.inf if start is None else to_utc(start, "start").timestamp() // 60
-        last = math.inf if end is None else to_utc(end, "end").timestamp() // 60
+        kind, first, last = check_metrics_query(kind, start, end)
         await self._enter()
         q = self._queues.get(queue_name)
         if q is None:
@@ -1331,31 +1232,9 @@ class MemoryStore:
 
     # -- events ------------------------------------------------------------------------------------
 
-    def subscribe(self, queue_name: str | None, callback: EventCallback) -> None:
-        if queue_name is not None:
-            check_name(queue_name, "queue_name")
-        if not callable(callback):
-            raise InvalidArgumentError("callback", "must be callable")
-        self._subscribers.setdefault(queue_name, []).append(callback)
-
-    def unsubscribe(self, queue_name: str | None, callback: EventCallback | None = None) -> None:
-        callbacks = self._subscribers.get(queue_name)
-        if callbacks is None:
-            return
-        if callback is None:
-            callbacks.clear()
-        else:
-            self._subscribers[queue_name] = [c for c in callbacks if c != callback]
-        if not self._subscribers[queue_name]:
-            del self._subscribers[queue_name]
-
     async def publish(self, event: StoreEvent) -> None:
         clean = check_event(event)
         await self._enter()
         if clean.timestamp is None:
             clean = attrs.evolve(clean, timestamp=from_timestamp(self._clock.time()))
-        callbacks = [
-            *self._subscribers.get(clean.queue_name, ()),
-            *self._subscribers.get(None, ()),
-        ]
-        self._deliver(clean, callbacks)
+        self._deliver((clean,))

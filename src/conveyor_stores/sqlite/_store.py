@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import enum
 import json
-import logging
-import math
 import os
 import random
 import sqlite3
@@ -35,10 +33,9 @@ import time
 import urllib.parse
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -54,7 +51,6 @@ from conveyor.store import (
     Clock,
     DuplicateJobError,
     Duration,
-    EventCallback,
     EventType,
     FetchOptions,
     GroupFullError,
@@ -79,15 +75,17 @@ from conveyor.store import (
     from_timestamp,
     parse_duration,
     to_json,
-    to_utc,
     unstructure,
 )
+from conveyor.store._base import Lifecycle, StoreBase, add_attempt
 from conveyor.store._validate import (
     check_event,
     check_fetch,
     check_jobs,
     check_lock_duration,
+    check_metrics_query,
     check_outcomes,
+    check_text,
     check_updates,
     validate_new_job,
 )
@@ -97,7 +95,6 @@ from ._schema import check_database, migrate
 
 __all__ = ["SqliteStore"]
 
-log = logging.getLogger("conveyor.stores.sqlite")
 
 T = TypeVar("T")
 
@@ -112,12 +109,6 @@ _CHECKPOINT_INTERVAL = 0.1
 _CLAIM_CACHE = 10_000
 """How many claimed records a store keeps to finish them without reading them back."""
 """Bulk inserts of more jobs than this run in a worker thread."""
-
-
-class _Lifecycle(enum.Enum):
-    NEW = "new"
-    CONNECTED = "connected"
-    CLOSED = "closed"
 
 
 class _Synchronous(enum.StrEnum):
@@ -138,15 +129,6 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     if code is not None:
         return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return "locked" in str(exc) or "busy" in str(exc)
-
-
-def _metric_kind(value: object) -> MetricKind:
-    try:
-        return MetricKind(str(value))
-    except ValueError:
-        raise InvalidArgumentError(
-            "kind", f"unknown metric {value!r} (known: completed, failed)"
-        ) from None
 
 
 def _record(job: JobData) -> str:
@@ -399,18 +381,7 @@ class _Tx:
         job.lock_token = None
 
     def record_attempt(self, job: JobData, outcome: str, error: str | None, *, count: bool) -> None:
-        if count:
-            job.attempts_made += 1
-        job.attempt_logs.append(
-            AttemptRecord(
-                attempt=job.attempts_made if count else job.attempts_made + 1,
-                worker_id=job.locked_by,
-                started_at=job.processed_at,
-                finished_at=from_timestamp(self.now),
-                outcome=outcome,
-                error=error,
-            )
-        )
+        add_attempt(job, from_timestamp(self.now), outcome, error, count=count)
 
     # -- outcomes and flows ------------------------------------------------------------------------
 
@@ -485,7 +456,7 @@ class _Tx:
         return True
 
 
-class SqliteStore:
+class SqliteStore(StoreBase):
     """The store contract on an SQLite file: the embedded default, safe for many processes.
 
     Any number of processes on one host may open the same file: claims, limits, groups,
@@ -551,11 +522,9 @@ class SqliteStore:
         retention = parse_duration(metrics_retention, "metrics_retention", allow_zero=False)
         self._metrics_minutes = max(int(retention // 60), 1)
         self._auto_migrate = auto_migrate
-        self._on_event_error = on_event_error
-        self._lifecycle = _Lifecycle.NEW
+        super().__init__(on_event_error=on_event_error)
         self._conn: sqlite3.Connection | None = None
         self._origin = uuid.uuid4().hex
-        self._subscribers: dict[str | None, list[EventCallback]] = {}
         self._background: Background | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._offloaded: anyio.Event | None = None
@@ -601,25 +570,17 @@ class SqliteStore:
         """The database file (``":memory:"`` for a private database)."""
         return self._path
 
-    @property
-    def connected(self) -> bool:
-        """Whether the store is connected (and not yet disconnected)."""
-        return self._lifecycle is _Lifecycle.CONNECTED
-
     def __repr__(self) -> str:
         return f"<SqliteStore {self._path!r} {self._lifecycle.value}>"
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        if self._lifecycle is _Lifecycle.CLOSED:
-            raise StoreError("this SqliteStore was disconnected; create a new one")
-        if self._lifecycle is _Lifecycle.CONNECTED:
-            raise StoreError("this SqliteStore is already connected")
+        self._check_connectable()
         self._token = anyio.lowlevel.current_token()
         # Opening and migrating may wait on other processes: do it off the event loop.
         self._conn = await anyio.to_thread.run_sync(self._open)
-        self._lifecycle = _Lifecycle.CONNECTED
+        self._lifecycle = Lifecycle.CONNECTED
         if not self._memory:
             self._background = Background(
                 self._path,
@@ -684,9 +645,9 @@ class SqliteStore:
 
     async def disconnect(self) -> None:
         await checkpoint()
-        if self._lifecycle is _Lifecycle.CLOSED:
+        if self._lifecycle is Lifecycle.CLOSED:
             return
-        self._lifecycle = _Lifecycle.CLOSED
+        self._lifecycle = Lifecycle.CLOSED
         self._subscribers.clear()
         background, self._background = self._background, None
         if background is not None:
@@ -701,18 +662,6 @@ class SqliteStore:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(conn.close)
 
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.disconnect()
-
     async def now(self) -> datetime:
         await self._enter()
         return from_timestamp(self._clock.time())
@@ -721,13 +670,8 @@ class SqliteStore:
         await checkpoint()
         while self._offloaded is not None:
             await self._offloaded.wait()
-        if self._lifecycle is not _Lifecycle.CONNECTED or self._conn is None:
-            state = (
-                "was disconnected" if self._lifecycle is _Lifecycle.CLOSED else "is not connected"
-            )
-            raise StoreError(
-                f"this SqliteStore {state}; use `async with store:` or `await store.connect()`"
-            )
+        self._check_connected()
+        assert self._conn is not None  # connected means opened
         return self._conn
 
     # -- running transactions ----------------------------------------------------------------------
@@ -777,7 +721,7 @@ class SqliteStore:
             for callback in tx.callbacks:
                 callback()
             if tx.events:
-                self._deliver_local(tx.events)
+                self._deliver(tx.events)
             return result
 
     def _attempt(self, tx: _Tx, body: Callable[[_Tx], T], write: bool) -> T:
@@ -1057,8 +1001,7 @@ class SqliteStore:
     async def add_log(self, queue_name: str, job_id: str, message: str) -> int:
         check_name(queue_name, "queue_name")
         check_name(job_id, "job_id")
-        if not isinstance(message, str):
-            raise InvalidArgumentError("message", f"expected str, got {type(message).__name__}")
+        check_text(message, "message")
 
         def body(tx: _Tx) -> int:
             row = tx.find(queue_name, job_id)
@@ -1139,16 +1082,6 @@ class SqliteStore:
         return await self._write(body)
 
     # -- claiming ----------------------------------------------------------------------------------
-
-    async def fetch_next_job(
-        self,
-        queue_name: str,
-        worker_id: str,
-        lock_duration: Duration,
-        opts: FetchOptions | None = None,
-    ) -> JobData | None:
-        jobs = await self.fetch_next_jobs(queue_name, worker_id, lock_duration, 1, opts)
-        return jobs[0] if jobs else None
 
     async def fetch_next_jobs(
         self,
@@ -1409,14 +1342,6 @@ class SqliteStore:
         ).fetchone()
         return None if row is None else _load(row)
 
-    async def extend_lock(
-        self, queue_name: str, job_id: str, lock_token: str, duration: Duration
-    ) -> bool:
-        check_name(job_id, "job_id")
-        check_name(lock_token, "lock_token")
-        statuses = await self.extend_locks(queue_name, {job_id: lock_token}, duration)
-        return statuses[job_id] is not LockStatus.LOST
-
     async def extend_locks(
         self, queue_name: str, locks: Mapping[str, str], duration: Duration
     ) -> dict[str, LockStatus]:
@@ -1533,8 +1458,7 @@ class SqliteStore:
     ) -> bool:
         check_name(parent_queue_name, "parent_queue_name")
         check_name(parent_id, "parent_id")
-        if not isinstance(reason, str):
-            raise InvalidArgumentError("reason", f"expected str, got {type(reason).__name__}")
+        check_text(reason, "reason")
 
         def body(tx: _Tx) -> bool:
             parent = tx.find(parent_queue_name, parent_id)
@@ -1588,9 +1512,6 @@ class SqliteStore:
         return await self._write(body)
 
     # -- queries -----------------------------------------------------------------------------------
-
-    async def get_active_count(self, queue_name: str) -> int:
-        return await self.count_jobs(queue_name, JobState.ACTIVE)
 
     async def list_jobs(
         self, queue_name: str, state: JobState, start: int = 0, end: int = 100
@@ -1693,9 +1614,7 @@ class SqliteStore:
         end: datetime | None = None,
     ) -> Metrics:
         check_name(queue_name, "queue_name")
-        kind = _metric_kind(kind)
-        first = -math.inf if start is None else to_utc(start, "start").timestamp() // 60
-        last = math.inf if end is None else to_utc(end, "end").timestamp() // 60
+        kind, first, last = check_metrics_query(kind, start, end)
         column = "completed" if kind is MetricKind.COMPLETED else "failed"
 
         def body(tx: _Tx) -> Metrics:
@@ -1932,26 +1851,12 @@ class SqliteStore:
 
     # -- events ------------------------------------------------------------------------------------
 
-    def subscribe(self, queue_name: str | None, callback: EventCallback) -> None:
-        if queue_name is not None:
-            check_name(queue_name, "queue_name")
-        if not callable(callback):
-            raise InvalidArgumentError("callback", "must be callable")
-        self._subscribers.setdefault(queue_name, []).append(callback)
+    def _subscribed(self) -> None:
         if self._background is not None:
             self._background.listen(self._path)
 
-    def unsubscribe(self, queue_name: str | None, callback: EventCallback | None = None) -> None:
-        callbacks = self._subscribers.get(queue_name)
-        if callbacks is None:
-            return
-        if callback is None:
-            callbacks.clear()
-        else:
-            self._subscribers[queue_name] = [c for c in callbacks if c != callback]
-        if not self._subscribers[queue_name]:
-            del self._subscribers[queue_name]
-        if not self._subscribers and self._background is not None:
+    def _unsubscribed(self) -> None:
+        if self._background is not None:
             self._background.mute()
 
     async def publish(self, event: StoreEvent) -> None:
@@ -1962,23 +1867,6 @@ class SqliteStore:
 
         await self._write(body)
 
-    def _deliver_local(self, events: Iterable[StoreEvent]) -> None:
-        if self._subscribers:
-            self._deliver(events)
-
     def _deliver_foreign(self, events: list[StoreEvent]) -> None:
-        if self._lifecycle is _Lifecycle.CONNECTED:
+        if self._lifecycle is Lifecycle.CONNECTED:
             self._deliver(events)
-
-    def _deliver(self, events: Iterable[StoreEvent]) -> None:
-        subscribers = self._subscribers
-        everything = subscribers.get(None, ())
-        for event in events:
-            for callback in [*subscribers.get(event.queue_name, ()), *everything]:
-                try:
-                    callback(event)
-                except Exception as exc:
-                    if self._on_event_error is not None:
-                        self._on_event_error(exc)
-                    else:
-                        log.warning("event subscriber %r raised", callback, exc_info=exc)
