@@ -10,6 +10,7 @@ import pytest
 from hypothesis import settings
 
 from conveyor import store_from_url
+from conveyor.store import Store
 from conveyor.testing import ManualClock, StoreFixture
 from conveyor_stores.memory import MemoryStore
 
@@ -25,43 +26,37 @@ FAST: dict[str, Any] = {"poll_interval": 0.05, "stalled_interval": 0.05}
 late a missed wake-up is noticed."""
 
 
+def _fixture(clock: ManualClock, store: Store) -> StoreFixture:
+    async def advance(seconds: float) -> None:
+        clock.advance(seconds)
+
+    return StoreFixture(store, advance)
+
+
 @asynccontextmanager
 async def memory_fixture() -> AsyncIterator[StoreFixture]:
     clock = ManualClock(START)
     async with MemoryStore(clock=clock) as store:
-
-        async def advance(seconds: float) -> None:
-            clock.advance(seconds)
-
-        yield StoreFixture(store, advance)
+        yield _fixture(clock, store)
 
 
-@asynccontextmanager
-async def snapshot_fixture() -> AsyncIterator[StoreFixture]:
-    """The example plugin store (examples/snapshot_store), found through its entry point."""
-    clock = ManualClock(START)
-    with tempfile.TemporaryDirectory() as tmp:
-        store = store_from_url(f"snapshot:///{tmp}/jobs.json", clock=clock)
-        async with store:
+def _file_fixture(url: str) -> Callable[[], AbstractAsyncContextManager[StoreFixture]]:
+    """A store found through its entry point, like a user's URL, on a file in a fresh folder
+    (``{dir}`` in ``url``)."""
 
-            async def advance(seconds: float) -> None:
-                clock.advance(seconds)
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[StoreFixture]:
+        clock = ManualClock(START)
+        with tempfile.TemporaryDirectory() as tmp:
+            async with store_from_url(url.format(dir=tmp), clock=clock) as store:
+                yield _fixture(clock, store)
 
-            yield StoreFixture(store, advance)
+    return factory
 
 
-@asynccontextmanager
-async def sqlite_fixture() -> AsyncIterator[StoreFixture]:
-    """SqliteStore on a fresh file, found through its entry point like a user's URL."""
-    clock = ManualClock(START)
-    with tempfile.TemporaryDirectory() as tmp:
-        async with store_from_url(f"sqlite:///{tmp}/jobs.db", clock=clock) as store:
-
-            async def advance(seconds: float) -> None:
-                clock.advance(seconds)
-
-            yield StoreFixture(store, advance)
-
+snapshot_fixture = _file_fixture("snapshot:///{dir}/jobs.json")
+"""The example plugin store (examples/snapshot_store)."""
+sqlite_fixture = _file_fixture("sqlite:///{dir}/jobs.db")
 
 StoreFactoryT = Callable[[], AbstractAsyncContextManager[StoreFixture]]
 
