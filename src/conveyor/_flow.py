@@ -12,7 +12,6 @@ from ._queue import build_job, make_options
 from .store import (
     ArgumentTypeError,
     JobData,
-    JobNotFoundError,
     JobOptions,
     JsonValue,
     Store,
@@ -90,12 +89,14 @@ class FlowProducer:
         """Add several flows in one transaction."""
         records: list[JobData] = []
         shapes = [self._flatten(flow, None, records, "flow") for flow in flows]
-        await self.store.save_flow(records)
-        return [await self._read(shape) for shape in shapes]
+        saved = await self.store.save_flow(records)
+        return [self._result(shape, saved) for shape in shapes]
 
     def _flatten(
         self, node: object, parent: JobData | None, out: list[JobData], where: str
-    ) -> tuple[str, str, list[Any]]:
+    ) -> tuple[int, list[Any]]:
+        """Append the node's record, then its children's, to ``out``; return the tree's shape
+        as positions in ``out``."""
         if not isinstance(node, FlowJob):
             raise ArgumentTypeError(where, f"expected FlowJob, got {type(node).__name__}")
         check_name(node.queue_name, f"{where}.queue_name")
@@ -105,16 +106,16 @@ class FlowProducer:
             record.parent_id = parent.id
             record.parent_queue_name = parent.queue_name
         record.deduplication_key = None
+        position = len(out)
         out.append(record)
         children = [
             self._flatten(child, record, out, f"{where}.children[{i}]")
             for i, child in enumerate(node.children)
         ]
-        return (record.queue_name, record.id, children)
+        return (position, children)
 
-    async def _read(self, shape: tuple[str, str, list[Any]]) -> FlowResult:
-        queue_name, job_id, children = shape
-        data = await self.store.get_job(queue_name, job_id)
-        if data is None:  # already finished and removed (remove_on_complete)
-            raise JobNotFoundError(queue_name, job_id)
-        return FlowResult(Job(data, self.store), tuple([await self._read(c) for c in children]))
+    def _result(self, shape: tuple[int, list[Any]], saved: list[JobData]) -> FlowResult:
+        position, children = shape
+        return FlowResult(
+            Job(saved[position], self.store), tuple(self._result(c, saved) for c in children)
+        )

@@ -174,7 +174,9 @@ class Queue:
         if at is None:
             raise InvalidArgumentError("repeat", "the schedule has no run left (end or limit)")
         key = repeat_key(job.name, job.data, job.opts)
-        return await self._read(await save_run(self.store, run_record(job, key, 1, at)))
+        record = run_record(job, key, 1, at)
+        saved = await save_run(self.store, record)
+        return self._job(saved) if saved is not None else await self._read(record.id)
 
     async def schedule(
         self,

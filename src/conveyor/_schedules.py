@@ -99,9 +99,10 @@ def run_record(template: JobData, key: str, count: int, at: datetime) -> JobData
     )
 
 
-async def save_run(store: Store, record: JobData) -> str:
-    """Save one run; a run that exists already (someone else scheduled it) is not an error."""
+async def save_run(store: Store, record: JobData) -> JobData | None:
+    """Save one run and return it as stored; ``None`` when it exists already (someone else
+    scheduled it), which is not an error."""
     try:
-        return (await store.save_job(record)).id
+        return await store.save_job(record)
     except DuplicateJobError:
-        return record.id
+        return None
