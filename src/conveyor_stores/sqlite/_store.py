@@ -104,11 +104,11 @@ _PREV_JSON: dict[JobState | None, str] = {
     state: _ENCODER.encode({"prev": state and state.value}) for state in (None, *JobState)
 }
 _OFFLOAD_ROWS = 2000
+"""Bulk inserts of more jobs than this run in a worker thread."""
 _CHECKPOINT_INTERVAL = 0.1
 """Seconds between the background thread's WAL checkpoints."""
 _CLAIM_CACHE = 10_000
 """How many claimed records a store keeps to finish them without reading them back."""
-"""Bulk inserts of more jobs than this run in a worker thread."""
 
 
 class _Synchronous(enum.StrEnum):
@@ -837,14 +837,18 @@ class SqliteStore(StoreBase):
                     pending[parent] = pending.get(parent, 0) + 1
         created = from_timestamp(now)
         out: list[JobData] = []
+        added: dict[tuple[str, str], JobData] = {}
         rows: list[tuple[Any, ...]] = []
         queues: set[str] = set()
         for job, holder in zip(jobs, holders, strict=True):
             if holder is not None:
-                held = tx.find(job.queue_name, holder)
-                if held is None:  # a holder added by this very call
-                    held = next(_Row(0, j) for j in out if j.id == holder)
-                out.append(held.job)
+                in_call = added.get((job.queue_name, holder))
+                if in_call is not None:
+                    out.append(in_call)
+                else:
+                    stored = tx.find(job.queue_name, holder)
+                    assert stored is not None  # _holder found it in this transaction
+                    out.append(stored.job)
                 continue
             job.created_at = created
             if job.opts.delay > 0:
@@ -884,6 +888,7 @@ class SqliteStore(StoreBase):
             queues.add(job.queue_name)
             tx.emit_state(job, None)
             out.append(job)  # a clean copy made by validation: the caller may keep it
+            added[(job.queue_name, job.id)] = job
         conn.executemany(
             "UPDATE conveyor_queues SET live = 1 WHERE name = ? AND live = 0",
             [(q,) for q in queues],
