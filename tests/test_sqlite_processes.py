@@ -23,11 +23,6 @@ pytestmark = pytest.mark.anyio
 WORKER = Path(__file__).with_name("sqlite_process.py")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # the worker processes run both backends; the test driver needs one
-
-
 class Workers:
     def __init__(self, db: Path, tmp: Path) -> None:
         self.db = db
@@ -103,7 +98,9 @@ async def completions(outs: list[Path]) -> list[list[str]]:
     return lines
 
 
-async def test_four_processes_complete_every_job_exactly_once(tmp_path: Path) -> None:
+async def test_four_processes_complete_every_job_exactly_once(
+    tmp_path: Path, anyio_backend: str
+) -> None:
     total = 5000
     with workers(tmp_path) as group:
         async with SqliteStore(group.db) as store:
@@ -132,7 +129,9 @@ async def test_four_processes_complete_every_job_exactly_once(tmp_path: Path) ->
     assert counts[JobState.WAITING] == counts[JobState.ACTIVE] == counts[JobState.FAILED] == 0
 
 
-async def test_sigkilled_worker_job_is_recovered_by_another(tmp_path: Path) -> None:
+async def test_sigkilled_worker_job_is_recovered_by_another(
+    tmp_path: Path, anyio_backend: str
+) -> None:
     fast = ["--lock-duration", "1", "--stalled-interval", "0.2", "--poll-interval", "0.5"]
     with workers(tmp_path) as group:
         async with SqliteStore(group.db) as store:
@@ -163,7 +162,9 @@ async def test_sigkilled_worker_job_is_recovered_by_another(tmp_path: Path) -> N
     assert len(lines) == 21
 
 
-async def test_adding_a_job_wakes_a_worker_in_another_process(tmp_path: Path) -> None:
+async def test_adding_a_job_wakes_a_worker_in_another_process(
+    tmp_path: Path, anyio_backend: str
+) -> None:
     # poll_interval 60 s: only the event from this process can wake the worker in time.
     with workers(tmp_path) as group:
         async with SqliteStore(group.db) as store:

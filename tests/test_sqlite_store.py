@@ -144,14 +144,14 @@ async def test_a_held_write_lock_is_waited_out_not_reported(
 ) -> None:
     path = tmp_path / "jobs.db"
     async with SqliteStore(path) as store, SqliteStore(path, lock_wait=0.2) as impatient:
-        blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        blocker.execute("BEGIN IMMEDIATE")
-        release = threading.Timer(0.5, blocker.execute, ["COMMIT"])
-        release.start()
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # held until the COMMIT below
         with pytest.raises(StoreError, match="lock_wait"):
             await impatient.save_job(make_job(job_id="x"))
-        await store.save_job(make_job(job_id="a"))  # waits for the COMMIT, then succeeds
-        release.join()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.save_job, make_job(job_id="a"))  # waits for the COMMIT
+            await anyio.sleep(0.2)  # lets it meet the lock (it succeeds either way)
+            blocker.execute("COMMIT")
         blocker.close()
         assert await claim_ids(store) == ["a"]
 
