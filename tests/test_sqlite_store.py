@@ -23,7 +23,7 @@ from conveyor.store import (
 )
 from conveyor.testing import make_job
 from conveyor.testing._harness import claim_ids
-from conveyor_stores.sqlite import SqliteStore
+from conveyor_stores.sqlite import SqliteStore, _schema, _store
 from conveyor_stores.sqlite._schema import SCHEMA_VERSION
 
 from .conftest import START
@@ -75,6 +75,42 @@ async def test_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=rf"schema version {SCHEMA_VERSION + 1}, newer"):
         await SqliteStore(path).connect()
     assert snapshot(tmp_path) == before
+
+
+async def test_an_older_schema_is_migrated_in_place_keeping_its_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "jobs.db"
+    # A file written by a conveyor that knew only the first migration (one event row per event).
+    monkeypatch.setattr(_schema, "MIGRATIONS", _schema.MIGRATIONS[:1])
+    monkeypatch.setattr(_schema, "SCHEMA_VERSION", 1)
+    flush = _store._Tx.flush
+
+    def flush_without_events(tx: _store._Tx) -> None:  # today's event rows would not fit
+        tx.rows.clear()
+        flush(tx)
+
+    monkeypatch.setattr(_store._Tx, "flush", flush_without_events)
+    async with SqliteStore(path) as old:
+        await old.save_bulk([make_job(job_id=f"j{i}") for i in range(3)])
+    monkeypatch.undo()
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO conveyor_events (origin, queue, type, job_id, at, written, data) "
+        "VALUES ('old', 'q', 'waiting', 'j0', 1.0, 1.0, NULL)"
+    )
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="needs migrating"):
+        await SqliteStore(path, auto_migrate=False).connect()
+    async with SqliteStore(path) as store:
+        assert await store.count_jobs("q", JobState.WAITING) == 3
+        [job] = await store.fetch_next_jobs("q", "w", 30, 1)
+        assert await store.finish_jobs([JobOutcome.completed(job, 1)]) == [True]
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT version FROM conveyor_migrations ORDER BY version").fetchall()
+    conn.close()
+    assert rows == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
 
 
 async def test_missing_folder_and_refused_migration(tmp_path: Path) -> None:
@@ -229,13 +265,13 @@ async def test_events_are_pruned_by_the_wall_clock_keeping_the_newest(
     async with SqliteStore(path, clock=ManualClock(1_000.0), event_retention=0.2) as store:
         await store.save_bulk([make_job(job_id=f"a{i}") for i in range(3)])
         await store.save_job(make_job(job_id="b"))
-        assert event_ids() == [1, 2, 3, 4]
+        assert event_ids() == [1, 2]  # one row per transaction
         await anyio.sleep(1.3)  # past the retention and the once-a-second pruning
-        await store.save_job(make_job(job_id="c"))  # its write prunes the four old events
-        assert event_ids() == [5]
+        await store.save_job(make_job(job_id="c"))  # its write prunes the two old rows
+        assert event_ids() == [3]
         await anyio.sleep(1.3)
         await store.save_job(make_job(job_id="d"))
-        assert event_ids() == [6]  # ids keep growing after pruning
+        assert event_ids() == [4]  # ids keep growing after pruning
 
 
 async def test_a_large_bulk_add_runs_beside_the_loop_and_other_calls_wait(

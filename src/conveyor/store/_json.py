@@ -26,34 +26,55 @@ def check_json(value: object, argument: str) -> JsonValue:
 
     Tuples become lists. The copy shares nothing mutable with ``value``.
     """
-    return _checked(value, argument, 0)
+    try:
+        return _checked(value, 0)
+    except _Refused as refused:
+        path = argument + "".join(reversed(refused.path))
+        raise SerializationError(path, refused.reason) from None
 
 
-def _checked(value: object, path: str, depth: int) -> JsonValue:
+class _Refused(Exception):
+    """A value JSON cannot hold; ``path`` is built on the way out (only ever on failure)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.path: list[str] = []
+
+
+def _checked(value: object, depth: int) -> JsonValue:
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise SerializationError(path, f"JSON cannot hold the float {value!r}")
+            raise _Refused(f"JSON cannot hold the float {value!r}")
         return float(value)
     if depth >= _MAX_DEPTH:
-        raise SerializationError(path, f"nested deeper than {_MAX_DEPTH} levels")
+        raise _Refused(f"nested deeper than {_MAX_DEPTH} levels")
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise SerializationError(
-                    path, f"JSON object keys must be str, got {type(key).__name__} key {key!r}"
+                raise _Refused(
+                    f"JSON object keys must be str, got {type(key).__name__} key {key!r}"
                 )
-            out[key] = _checked(item, f"{path}.{key}", depth + 1)
+            try:
+                out[key] = _checked(item, depth + 1)
+            except _Refused as refused:
+                refused.path.append(f".{key}")
+                raise
         return out
     if isinstance(value, list | tuple):
-        return [_checked(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
-    raise SerializationError(
-        path, f"JSON cannot hold a value of type {type(value).__name__}: {value!r:.80}"
-    )
+        items: list[Any] = []
+        for i, item in enumerate(value):
+            try:
+                items.append(_checked(item, depth + 1))
+            except _Refused as refused:
+                refused.path.append(f"[{i}]")
+                raise
+        return items
+    raise _Refused(f"JSON cannot hold a value of type {type(value).__name__}: {value!r:.80}")
 
 
 def copy_json(value: JsonValue) -> JsonValue:

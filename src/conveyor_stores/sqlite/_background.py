@@ -33,7 +33,8 @@ __all__ = ["Background"]
 
 log = logging.getLogger("conveyor.stores.sqlite")
 
-_BATCH = 1000
+_BATCH = 100
+"""Rows (transactions) read per query; each holds all the events of one transaction."""
 _time = from_timestamp
 
 
@@ -120,7 +121,7 @@ class Background:
     def _pump(self) -> None:
         while not self._stop:
             rows = self._conn.execute(
-                "SELECT id, origin, queue, type, job_id, at, data FROM conveyor_events "
+                "SELECT id, origin, at, events FROM conveyor_events "
                 "WHERE id > ? ORDER BY id LIMIT ?",
                 (self._last_id, _BATCH),
             ).fetchall()
@@ -128,9 +129,16 @@ class Background:
                 return
             self._last_id = rows[-1][0]
             events = [
-                StoreEvent(type_, queue, job_id, json.loads(data) if data else {}, _time(at))
-                for _id, origin, queue, type_, job_id, at, data in rows
+                StoreEvent(
+                    event[1],
+                    event[0],
+                    event[2],
+                    event[3] or {},
+                    _time(event[4] if len(event) > 4 else at),
+                )
+                for _id, origin, at, batch in rows
                 if origin != self._origin
+                for event in json.loads(batch)
             ]
             if events:
                 anyio.from_thread.run_sync(self._deliver, events, token=self._token)

@@ -100,9 +100,10 @@ T = TypeVar("T")
 
 _JOB_COLUMNS = "pk, record, state, processed_at, lock_until, locked_by, lock_token"
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
-_PREV_JSON: dict[JobState | None, str] = {
-    state: _ENCODER.encode({"prev": state and state.value}) for state in (None, *JobState)
+_PREV_DATA: dict[JobState | None, dict[str, str | None]] = {
+    state: {"prev": state and state.value} for state in (None, *JobState)
 }
+"""The data of a plain state-change event, shared (only ever encoded, never handed out)."""
 _OFFLOAD_ROWS = 2000
 """Bulk inserts of more jobs than this run in a worker thread."""
 _CHECKPOINT_INTERVAL = 0.1
@@ -198,8 +199,9 @@ class _Tx:
         self.conn = conn
         self.now = now
         self.rows: list[tuple[Any, ...]] = []
-        self.written = time.time()
-        """Events to write to ``conveyor_events`` for other processes."""
+        """Events to write to ``conveyor_events`` for other processes, as
+        ``(queue, type, job_id, data)`` (``+ (at,)`` when not at the transaction's time): one
+        row holding them all, written at the end."""
         self.events: list[StoreEvent] = []
         """The same events for this store's own subscribers (only built when it has some)."""
         self._local = bool(store._subscribers)
@@ -239,10 +241,9 @@ class _Tx:
                 [(*counters, queue) for queue, counters in self.counters.items()],
             )
         if self.rows:
-            self.conn.executemany(
-                "INSERT INTO conveyor_events (origin, queue, type, job_id, at, written, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                self.rows,
+            self.conn.execute(
+                "INSERT INTO conveyor_events (origin, written, at, events) VALUES (?, ?, ?, ?)",
+                (self._origin, time.time(), self.now, _ENCODER.encode(self.rows)),
             )
         minute = int(self.now // 60)
         for (queue, kind), count in self.finished.items():
@@ -263,8 +264,7 @@ class _Tx:
         self.callbacks.append(callback)
 
     def emit(self, queue: str, type_: str, job_id: str | None, **data: Any) -> None:
-        text = _ENCODER.encode(data) if data else None
-        self.rows.append((self._origin, queue, type_, job_id, self.now, self.written, text))
+        self.rows.append((queue, type_, job_id, data or None))
         if self._local:
             self.events.append(StoreEvent(type_, queue, job_id, data, from_timestamp(self.now)))
 
@@ -273,17 +273,7 @@ class _Tx:
             self.emit(job.queue_name, job.state.value, job.id, prev=prev and prev.value, **data)
             return
         # The common event (a state change and nothing more), without encoding anything.
-        self.rows.append(
-            (
-                self._origin,
-                job.queue_name,
-                job.state.value,
-                job.id,
-                self.now,
-                self.written,
-                _PREV_JSON[prev],
-            )
-        )
+        self.rows.append((job.queue_name, job.state.value, job.id, _PREV_DATA[prev]))
         if self._local:
             event_data = {"prev": prev and prev.value}
             self.events.append(
@@ -292,10 +282,8 @@ class _Tx:
 
     def publish(self, event: StoreEvent) -> None:
         at = self.now if event.timestamp is None else event.timestamp.timestamp()
-        text = _ENCODER.encode(event.data) if event.data else None
-        self.rows.append(
-            (self._origin, event.queue_name, event.type, event.job_id, at, self.written, text)
-        )
+        row = (event.queue_name, event.type, event.job_id, event.data or None)
+        self.rows.append(row if at == self.now else (*row, at))
         if self._local:
             if event.timestamp is None:
                 event = attrs.evolve(event, timestamp=from_timestamp(self.now))
@@ -1240,15 +1228,17 @@ class SqliteStore(StoreBase):
                 )
             )
         )
-        if claim.has_attempt_logs:
-            with_attempt = "json_insert(record, '$.attempt_logs[#]', json(?))"
-        else:
-            with_attempt = "json_set(record, '$.attempt_logs', json_array(json(?)))"
+        # One json_set call: each JSON function call parses and writes the whole record again.
+        logs = (
+            "'$.attempt_logs[#]', json(?)"
+            if claim.has_attempt_logs
+            else ("'$.attempt_logs', json_array(json(?))")
+        )
         returnvalue = outcome.returnvalue
         cursor = tx.conn.execute(
             f"""UPDATE conveyor_jobs SET state = 'completed', seq = ?, lock_until = NULL,
                 locked_by = NULL, lock_token = NULL, finished_at = ?, version = version + 1,
-                record = json_set({with_attempt}, '$.returnvalue', json(?),
+                record = json_set(record, {logs}, '$.returnvalue', json(?),
                     '$.completed_at', ?, '$.attempts_made', ?)
             WHERE pk = ? AND version = ?""",
             (
