@@ -368,6 +368,10 @@ def test_hand_made_job_hook_matches_cattrs(job: JobData) -> None:
     """The converter's straight-line JobData hook writes exactly what cattrs' own would."""
     assert unstructure(job) == _CATTRS_OWN.unstructure(job)
     assert list(unstructure(job)) == list(_CATTRS_OWN.unstructure(job))  # same key order
+    # to_json shares the JSON values instead of copying them, and writes the same text
+    assert to_json(job) == json.dumps(
+        _CATTRS_OWN.unstructure(job), separators=(",", ":"), allow_nan=False
+    )
 
 
 @given(jobs)

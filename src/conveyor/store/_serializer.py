@@ -121,12 +121,14 @@ def _iso(value: datetime) -> str:
     return text
 
 
-def _job_unstructure_fn(conv: cattrs.Converter) -> Any:
+def _job_unstructure_fn(conv: cattrs.Converter, *, copy: bool = True) -> Any:
     """``JobData``'s unstructure hook as straight-line code, giving what cattrs would.
 
     Stores serialize a record on every write. cattrs' generated hook builds each factory
     default (``JobOptions()`` among them) anew to compare with, which is most of its cost;
     this one compares with defaults built once. tests/test_models.py checks the two agree.
+    With ``copy=False`` the JSON values (data, return value...) are shared, not copied: for
+    :func:`to_json`, which only encodes the result.
     """
     nested: dict[str, Any] = {
         "opts": JobOptions,
@@ -141,9 +143,9 @@ def _job_unstructure_fn(conv: cattrs.Converter) -> Any:
         if "datetime" in kind:
             value = "iso(v)"
         elif name in ("data", "progress", "returnvalue", "children_values"):
-            value = "copy_json(v)"
+            value = "copy_json(v)" if copy else "v"
         elif name in ("stacktrace", "logs"):
-            value = "list(v)"
+            value = "list(v)" if copy else "v"
         elif name == "state":
             value = "v.value"
         elif name in nested:
@@ -159,7 +161,9 @@ def _job_unstructure_fn(conv: cattrs.Converter) -> Any:
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             default = default.factory()  # type: ignore[union-attr]
         defaults[f"default_{name}"] = default
-        lines.append(f"    if v != default_{name}:")
+        # (identity first: options are often the one shared default instance)
+        same = f"v is not default_{name} and " if name == "opts" else ""
+        lines.append(f"    if {same}v != default_{name}:")
         lines.append(f"        out[{name!r}] = {value}")
     lines.append("    return out")
     namespace: dict[str, Any] = {
@@ -331,8 +335,13 @@ def _describe(exc: BaseException, type_: Any) -> str:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
+_encode_job = _job_unstructure_fn(converter, copy=False)
+
+
 def to_json(obj: object) -> str:
     """A model as compact JSON text."""
+    if type(obj) is JobData:
+        return _ENCODER.encode(_encode_job(obj))
     return _ENCODER.encode(unstructure(obj))
 
 
