@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -13,6 +13,8 @@ from conveyor import store_from_url
 from conveyor.store import Store
 from conveyor.testing import ManualClock, StoreFixture
 from conveyor_stores.memory import MemoryStore
+
+from .pg import fresh_database
 
 settings.register_profile("default", max_examples=200, deadline=None)
 settings.register_profile("thorough", max_examples=2000, deadline=None)
@@ -75,3 +77,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(params=sorted(STORE_FACTORIES))
 def store_factory(request: pytest.FixtureRequest) -> StoreFactoryT:
     return STORE_FACTORIES[str(request.param)]
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """A conninfo for a database of this test run's own on the test PostgreSQL server."""
+    yield from fresh_database()

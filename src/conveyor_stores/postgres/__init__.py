@@ -1,0 +1,1 @@
+"""The PostgreSQL store (in progress: so far the connection layer, ``_wire``)."""

@@ -1,0 +1,297 @@
+"""PostgreSQL connections that run natively under asyncio and trio.
+
+psycopg's async API (``AsyncConnection``) runs on asyncio only, and its sync API blocks. Under
+both sits psycopg's protocol layer: generators (``psycopg.generators``) that drive libpq and
+yield whenever they must wait for the socket, leaving the waiting to the caller. This module
+does that waiting with AnyIO (``wait_readable`` / ``wait_writable`` on the socket), so one code
+path serves both event loops with no thread hop: one network round trip per call.
+Parameters and results go through psycopg's ``Transformer``, that is psycopg's own adapters
+(``jsonb``, ``timestamptz``, arrays...), results in the binary format.
+
+Queries use PostgreSQL's own placeholders (``$1``, ``$2``...) and are sent as they are: callers
+build every identifier with ``psycopg.sql`` and pass every value as a parameter.
+
+A call that is cancelled, times out or fails at the network level leaves the connection in
+an unknown state (a query half sent, results unread): the connection closes itself and
+reports ``broken``, and the pool drops it. PostgreSQL rolls back whatever transaction it had.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import psycopg
+from psycopg import generators, pq
+from psycopg.adapt import PyFormat, Transformer
+from psycopg.waiting import Ready, Wait
+
+__all__ = ["PgConnection", "PgPool", "Rows"]
+
+Rows = list[tuple[Any, ...]]
+
+_FATAL = pq.ExecStatus.FATAL_ERROR
+_OK_STATUSES = frozenset(
+    {pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY}
+)
+
+
+async def _ready(fileno: int, wait: Wait) -> Ready:
+    """Wait until the socket can do what the generator asked for."""
+    if wait == Wait.R:
+        await anyio.wait_readable(fileno)
+        return Ready.R
+    if wait == Wait.W:
+        await anyio.wait_writable(fileno)
+        return Ready.W
+    # Either: libpq is flushing a large message and must also read, or the server, blocked
+    # writing to us, would never read the rest.
+    ready = Ready.NONE
+    async with anyio.create_task_group() as tg:
+
+        async def on(side: Ready) -> None:
+            nonlocal ready
+            if side == Ready.R:
+                await anyio.wait_readable(fileno)
+            else:
+                await anyio.wait_writable(fileno)
+            ready = side
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(on, Ready.R)
+        tg.start_soon(on, Ready.W)
+    return ready
+
+
+class PgConnection:
+    """One connection. Not for concurrent use: one call at a time (the pool sees to it)."""
+
+    def __init__(self, pgconn: pq.abc.PGconn) -> None:
+        self.pgconn = pgconn
+        self._encoding = pgconn._encoding if hasattr(pgconn, "_encoding") else "utf-8"
+        self._busy = False
+        self.notifies: deque[tuple[str, str]] = deque()
+        """Notifications received (channel, payload), in order, until taken."""
+
+    @classmethod
+    async def connect(cls, conninfo: str, *, connect_timeout: float = 10.0) -> PgConnection:
+        """Open a connection (``conninfo``: a libpq URL or ``key=value`` string)."""
+        gen = generators.connect(conninfo)
+        with anyio.fail_after(connect_timeout):
+            try:
+                fileno, wait = next(gen)
+                while True:
+                    ready = await _ready(fileno, wait)
+                    fileno, wait = gen.send(ready)
+            except StopIteration as stop:
+                pgconn: pq.abc.PGconn = stop.value
+        pgconn.nonblocking = 1
+        return cls(pgconn)
+
+    @property
+    def broken(self) -> bool:
+        """Closed, or lost: the pool drops it."""
+        return self.pgconn.status != pq.ConnStatus.OK
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.pgconn.transaction_status != pq.TransactionStatus.IDLE
+
+    def close(self) -> None:
+        self._break()
+
+    async def _drive(self, gen: Any) -> Any:
+        fileno = self.pgconn.socket
+        try:
+            wait = next(gen)
+            while True:
+                wait = gen.send(await _ready(fileno, wait))
+        except StopIteration as stop:
+            return stop.value
+
+    async def execute(self, query: bytes, params: Sequence[Any] = ()) -> Rows:
+        """Run one statement; return its rows (none for a command)."""
+        [rows] = await self.pipeline([(query, params)])
+        return rows
+
+    async def pipeline(self, statements: Sequence[tuple[bytes, Sequence[Any]]]) -> list[Rows]:
+        """Run several statements in one round trip (libpq's pipeline mode); return the rows of
+        each. They run in order; the first error stops the rest and is raised.
+
+        Outside an explicit transaction they run as one implicit transaction (one ``Sync``):
+        all or nothing.
+        """
+        if self._busy:
+            raise RuntimeError("a PgConnection runs one call at a time")
+        self._busy = True
+        pgconn = self.pgconn
+        try:
+            transformers = []
+            single = len(statements) == 1
+            if not single:
+                pgconn.enter_pipeline_mode()
+            for query, params in statements:
+                tx = Transformer()
+                if params:
+                    dumped = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
+                    pgconn.send_query_params(
+                        query,
+                        dumped,
+                        param_types=tx.types,
+                        param_formats=tx.formats,
+                        result_format=pq.Format.BINARY,
+                    )
+                else:
+                    pgconn.send_query_params(query, None, result_format=pq.Format.BINARY)
+                transformers.append(tx)
+            if single:
+                results = await self._drive(generators.execute(pgconn))
+            else:
+                pgconn.pipeline_sync()
+                results = await self._pipeline_results(len(statements))
+                pgconn.exit_pipeline_mode()
+            self._take_notifies()
+            out: list[Rows] = []
+            error: psycopg.Error | None = None
+            for tx, result in zip(transformers, results, strict=False):
+                if result.status == _FATAL:
+                    error = error or psycopg.errors.error_from_result(
+                        result, encoding=self._encoding
+                    )
+                    continue
+                if result.status not in _OK_STATUSES:
+                    continue  # pipeline aborted after an error: that error is raised
+                tx.set_pgresult(result)
+                out.append(tx.load_rows(0, result.ntuples, tuple) if result.ntuples else [])
+            if error is not None:
+                raise error
+            return out
+        except psycopg.Error as exc:
+            if exc.sqlstate is None or pgconn.status != pq.ConnStatus.OK:
+                self._break()  # lost, not refused: a refused statement leaves it usable
+            raise
+        except BaseException:  # cancelled or timed out mid-call: the protocol state is lost
+            self._break()
+            raise
+        finally:
+            self._busy = False
+
+    async def _pipeline_results(self, count: int) -> list[pq.abc.PGresult]:
+        """Flush the pipeline and read one result per statement, up to the sync point."""
+        pgconn = self.pgconn
+        fileno = pgconn.socket
+        while pgconn.flush() != 0:
+            if await _ready(fileno, Wait.RW) == Ready.R:
+                pgconn.consume_input()
+        results: list[pq.abc.PGresult] = []
+        while True:
+            while pgconn.is_busy():
+                await anyio.wait_readable(fileno)
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is None:
+                continue  # end of one statement's results
+            if result.status == pq.ExecStatus.PIPELINE_SYNC:
+                return results
+            results.append(result)
+
+    def _take_notifies(self) -> None:
+        encoding = self._encoding
+        while (notify := self.pgconn.notifies()) is not None:
+            self.notifies.append((notify.relname.decode(encoding), notify.extra.decode(encoding)))
+
+    async def wait_notify(self) -> None:
+        """Wait until at least one notification has arrived (``notifies`` holds it)."""
+        if self._busy:
+            raise RuntimeError("a PgConnection runs one call at a time")
+        self._busy = True
+        try:
+            while not self.notifies:
+                await anyio.wait_readable(self.pgconn.socket)
+                self.pgconn.consume_input()
+                if self.pgconn.status != pq.ConnStatus.OK:
+                    raise psycopg.OperationalError("the connection was lost")
+                self._take_notifies()
+        except psycopg.OperationalError:
+            self._break()
+            raise
+        except BaseException:
+            # A wait that is cancelled sent nothing: the connection stays usable.
+            if self.pgconn.status != pq.ConnStatus.OK:
+                self._break()
+            raise
+        finally:
+            self._busy = False
+
+    def _break(self) -> None:
+        if self.pgconn.status != pq.ConnStatus.BAD:
+            self.pgconn.finish()
+
+
+class PgPool:
+    """Up to ``max_size`` connections, opened when needed and kept while healthy.
+
+    A connection handed back broken (lost, or left mid-call by a cancellation) is dropped, and
+    one handed back inside a transaction is rolled back first (or dropped if that fails).
+    """
+
+    def __init__(self, conninfo: str, *, max_size: int = 10, connect_timeout: float = 10.0):
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self.conninfo = conninfo
+        self.max_size = max_size
+        self.connect_timeout = connect_timeout
+        self._idle: list[PgConnection] = []
+        self._slots = anyio.Semaphore(max_size)
+        self._open: set[PgConnection] = set()
+        self._closed = False
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[PgConnection]:
+        if self._closed:
+            raise RuntimeError("the pool is closed")
+        async with self._slots:
+            conn = await self._take()
+            try:
+                yield conn
+            finally:
+                await self._give_back(conn)
+
+    async def _take(self) -> PgConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.broken:
+                return conn
+            self._open.discard(conn)
+        conn = await PgConnection.connect(self.conninfo, connect_timeout=self.connect_timeout)
+        self._open.add(conn)
+        return conn
+
+    async def _give_back(self, conn: PgConnection) -> None:
+        if not conn.broken and conn.in_transaction:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.connect_timeout):
+                try:
+                    await conn.execute(b"ROLLBACK")
+                except psycopg.Error:
+                    conn.close()
+        if conn.broken or conn.in_transaction or self._closed:
+            conn.close()
+            self._open.discard(conn)
+        else:
+            self._idle.append(conn)
+
+    def close(self) -> None:
+        """Close every connection (those in use close when handed back)."""
+        self._closed = True
+        for conn in self._idle:
+            conn.close()
+            self._open.discard(conn)
+        self._idle.clear()
+
+    @property
+    def size(self) -> int:
+        """Open connections, idle or in use."""
+        return len(self._open)
