@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -14,7 +14,7 @@ from conveyor.store import Store
 from conveyor.testing import ManualClock, StoreFixture
 from conveyor_stores.memory import MemoryStore
 
-from .pg import fresh_database
+from .pg import test_database
 
 settings.register_profile("default", max_examples=200, deadline=None)
 settings.register_profile("thorough", max_examples=2000, deadline=None)
@@ -60,12 +60,23 @@ snapshot_fixture = _file_fixture("snapshot:///{dir}/jobs.json")
 """The example plugin store (examples/snapshot_store)."""
 sqlite_fixture = _file_fixture("sqlite:///{dir}/jobs.db")
 
+
+@asynccontextmanager
+async def postgres_fixture() -> AsyncIterator[StoreFixture]:
+    """PgStore on this run's test database, emptied first; its clock is a ManualClock."""
+    clock = ManualClock(START)
+    async with store_from_url(test_database(), clock=clock, schema="contract") as store:
+        await store.truncate_all()  # type: ignore[attr-defined]
+        yield _fixture(clock, store)
+
+
 StoreFactoryT = Callable[[], AbstractAsyncContextManager[StoreFixture]]
 
 STORE_FACTORIES: dict[str, StoreFactoryT] = {
     "memory": memory_fixture,
     "snapshot": snapshot_fixture,
     "sqlite": sqlite_fixture,
+    "postgres": postgres_fixture,
 }
 
 
@@ -79,7 +90,7 @@ def store_factory(request: pytest.FixtureRequest) -> StoreFactoryT:
     return STORE_FACTORIES[str(request.param)]
 
 
-@pytest.fixture(scope="session")
-def pg_dsn() -> Iterator[str]:
+@pytest.fixture
+def pg_dsn() -> str:
     """A conninfo for a database of this test run's own on the test PostgreSQL server."""
-    yield from fresh_database()
+    return test_database()

@@ -1,20 +1,23 @@
 """The PostgreSQL server tests use: ``CONVEYOR_TEST_PG_DSN`` when set, else the local one.
 
-Each test run works in a database of its own, created here (``conveyor_test_<pid>``) and
-dropped at the end. When the server cannot be reached the PostgreSQL tests skip, unless
+A test run works in a database of its own (``conveyor_test_<pid>``), created on first use and
+dropped when the run ends. When the server cannot be reached the PostgreSQL tests skip, unless
 ``CONVEYOR_REQUIRE_PG=1`` (set by ``.ci/run``), under which they fail.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
-from collections.abc import Iterator
+import urllib.parse
 
 import psycopg
 import pytest
 from psycopg import sql
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+_database: str | None = None
 
 
 def server_dsn() -> str:
@@ -27,8 +30,11 @@ def _unreachable(reason: str) -> None:
     pytest.skip(f"PostgreSQL not reachable: {reason}")
 
 
-def fresh_database() -> Iterator[str]:
-    """A conninfo for a fresh database of this test run's own (the ``pg_dsn`` fixture)."""
+def test_database() -> str:
+    """A conninfo for this run's own database (created on the first call)."""
+    global _database
+    if _database is not None:
+        return _database
     base = server_dsn()
     name = f"conveyor_test_{os.getpid()}"
     try:
@@ -37,13 +43,34 @@ def fresh_database() -> Iterator[str]:
         _unreachable(str(exc).strip())
         raise  # (not reached)
     with admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = psycopg.conninfo.make_conninfo(base, dbname=name)
+    atexit.register(_drop, base, name)
+    _database = as_url(psycopg.conninfo.make_conninfo(base, dbname=name))
+    return _database
+
+
+def as_url(conninfo: str) -> str:
+    """A ``postgresql://`` URL for a libpq connection string (what ``store_from_url`` takes)."""
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    user = urllib.parse.quote(str(params.pop("user", "")), safe="")
+    password = params.pop("password", None)
+    auth = user + (":" + urllib.parse.quote(str(password), safe="") if password else "")
+    host = str(params.pop("host", "localhost"))
+    port = params.pop("port", None)
+    dbname = urllib.parse.quote(str(params.pop("dbname", "")), safe="")
+    netloc = (auth + "@" if auth else "") + host + (f":{port}" if port else "")
+    query = urllib.parse.urlencode({k: str(v) for k, v in params.items()})
+    return f"postgresql://{netloc}/{dbname}" + (f"?{query}" if query else "")
+
+
+def _drop(base: str, name: str) -> None:
     try:
-        yield dsn
-    finally:
-        with psycopg.connect(base, autocommit=True) as admin:
+        with psycopg.connect(base, autocommit=True, connect_timeout=5) as admin:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+    except psycopg.Error:
+        pass  # the server went away: nothing left to clean

@@ -422,6 +422,38 @@ async def check_concurrent_claimers(fx: StoreFixture) -> None:
 # -- locks, stalls and the fence ----------------------------------------------------------------
 
 
+_HOSTILE = 'it\'s "quoted"; DROP TABLE jobs; -- \u00fcn\u00efc\u00f8d\u00e9 \u2603 %s $1 ? \\'
+"""A name that is trouble for any store that splices names into its query language."""
+
+
+@_check
+async def check_names_are_only_data(fx: StoreFixture) -> None:
+    """Queue, job, group and id names with quotes, semicolons, placeholders, unicode and 200
+    characters work everywhere: they are data, never part of a query."""
+    queue = (_HOSTILE + "q" * 200)[:200]
+    name = (_HOSTILE + "n" * 200)[:200]
+    group = (_HOSTILE + "g" * 200)[:200]
+    job = make_job(queue, name, {"k": _HOSTILE}, job_id=(_HOSTILE + "i" * 200)[:200])
+    job.opts = attrs.evolve(job.opts, group=Group(group))
+    await fx.store.save_job(job)
+    stored = await _get(fx, job)
+    expect_eq((stored.queue_name, stored.name, stored.group_id, stored.data),
+              (queue, name, group, {"k": _HOSTILE}), "names read back")  # fmt: skip
+    expect_eq(await fx.store.get_waiting_group_count(queue, group), 1, "group count")
+    await fx.store.pause_job_name(queue, name)
+    expect_eq(await fx.store.get_paused_job_names(queue), [name], "paused name")
+    expect_eq(await claim(fx.store, queue=queue), [], "a paused name is not claimed")
+    await fx.store.resume_job_name(queue, name)
+    [claimed] = await claim(fx.store, queue=queue, worker=_HOSTILE)
+    expect_eq(claimed.id, job.id, "claimed")
+    assert claimed.lock_token is not None
+    [done] = await fx.store.finish_jobs([JobOutcome.completed(claimed, _HOSTILE)])
+    expect(done, "finished")
+    expect_eq((await _get(fx, job)).returnvalue, _HOSTILE, "return value")
+    expect(queue in await fx.store.list_queues(), "list_queues names the queue")
+    expect_eq(await fx.store.count_jobs(queue, JobState.COMPLETED), 1, "count")
+
+
 @_check
 async def check_extend_lock(fx: StoreFixture) -> None:
     """extend_lock moves lock_until with the right token and refuses a wrong one."""

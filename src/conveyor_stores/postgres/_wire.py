@@ -112,6 +112,28 @@ class PgConnection:
         except StopIteration as stop:
             return stop.value
 
+    async def execute_script(self, script: bytes) -> None:
+        """Run several statements given as one text, without parameters (the simple query
+        protocol), for schema migrations. The first error is raised."""
+        if self._busy:
+            raise RuntimeError("a PgConnection runs one call at a time")
+        self._busy = True
+        try:
+            self.pgconn.send_query(script)
+            results = await self._drive(generators.execute(self.pgconn))
+            for result in results:
+                if result.status == _FATAL:
+                    raise psycopg.errors.error_from_result(result, encoding=self._encoding)
+        except psycopg.Error as exc:
+            if exc.sqlstate is None or self.pgconn.status != pq.ConnStatus.OK:
+                self._break()
+            raise
+        except BaseException:
+            self._break()
+            raise
+        finally:
+            self._busy = False
+
     async def execute(self, query: bytes, params: Sequence[Any] = ()) -> Rows:
         """Run one statement; return its rows (none for a command)."""
         [rows] = await self.pipeline([(query, params)])

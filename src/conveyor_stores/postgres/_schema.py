@@ -1,0 +1,147 @@
+"""The PostgreSQL schema and its versioned migrations (``conveyor_migrations``).
+
+Every table lives in one schema (``public`` unless the store is given another), and every name
+reaches SQL through ``psycopg.sql.Identifier``: a schema called ``my "jobs"; drop`` is just a
+name. Migrations run in one transaction that first takes an advisory lock keyed on the schema,
+so any number of processes connecting at once apply each migration exactly once; the others
+wait for the lock, then find the work done.
+
+Tables (the same shape as the SQLite store's; see ``conveyor_stores/sqlite/_schema.py``):
+
+* ``conveyor_jobs``: one row per job; ``record`` is the job as the converter's JSON (JSONB),
+  minus the claim fields, which live in columns; the other columns are copies of what queries
+  filter and sort on. Times are ``timestamptz``; ``seq`` orders a job within its state.
+* ``conveyor_lanes``: per queue and group, when it was last served and how many of its jobs
+  are waiting, active and queued, kept by a trigger (jobs without a group skip it).
+* ``conveyor_queues``: one row of counters per queue (sequence, round-robin tick, totals).
+* ``conveyor_paused``, ``conveyor_rate``, ``conveyor_metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from psycopg import sql
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "qualified"]
+
+
+def qualified(schema: str) -> dict[str, str]:
+    """The quoted names of the schema and its tables, for ``str.format`` into SQL text."""
+    names = {"s": sql.Identifier(schema).as_string(None)}
+    for table in ("jobs", "lanes", "queues", "paused", "rate", "metrics", "migrations"):
+        names[table] = sql.Identifier(schema, f"conveyor_{table}").as_string(None)
+    names["lane_trigger_fn"] = sql.Identifier(schema, "conveyor_jobs_lanes").as_string(None)
+    return names
+
+
+_V1 = """
+CREATE TABLE {jobs} (
+    pk bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue text NOT NULL,
+    id text NOT NULL,
+    name text NOT NULL,
+    state text NOT NULL,
+    lane text NOT NULL,
+    priority integer NOT NULL,
+    seq bigint NOT NULL,
+    created_at timestamptz NOT NULL,
+    processed_at timestamptz,
+    delay_until timestamptz,
+    lock_until timestamptz,
+    locked_by text,
+    lock_token text,
+    finished_at timestamptz,
+    dedup_key text,
+    dedup_until timestamptz,
+    parent_queue text,
+    parent_id text,
+    version bigint NOT NULL DEFAULT 0,
+    record jsonb NOT NULL
+);
+CREATE UNIQUE INDEX conveyor_jobs_key ON {jobs} (id, queue);
+CREATE INDEX conveyor_jobs_claim ON {jobs} (queue, lane, priority, seq)
+    WHERE state = 'waiting';
+CREATE INDEX conveyor_jobs_claim_name ON {jobs} (queue, lane, name, priority, seq)
+    WHERE state = 'waiting';
+CREATE INDEX conveyor_jobs_delayed ON {jobs} (queue, delay_until, seq) WHERE state = 'delayed';
+CREATE INDEX conveyor_jobs_state ON {jobs} (queue, state, seq)
+    WHERE state NOT IN ('waiting', 'delayed');
+CREATE INDEX conveyor_jobs_dedup ON {jobs} (queue, dedup_key) WHERE dedup_key IS NOT NULL;
+CREATE INDEX conveyor_jobs_parent ON {jobs} (parent_queue, parent_id)
+    WHERE parent_id IS NOT NULL;
+
+CREATE TABLE {lanes} (
+    queue text NOT NULL,
+    lane text NOT NULL,
+    served bigint NOT NULL DEFAULT 0,
+    waiting bigint NOT NULL DEFAULT 0,
+    active bigint NOT NULL DEFAULT 0,
+    queued bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, lane)
+);
+CREATE INDEX conveyor_lanes_turn ON {lanes} (queue, served, lane) WHERE waiting > 0;
+
+CREATE TABLE {queues} (
+    name text PRIMARY KEY,
+    live integer NOT NULL DEFAULT 1,
+    seq bigint NOT NULL DEFAULT 0,
+    tick bigint NOT NULL DEFAULT 0,
+    plain_served bigint NOT NULL DEFAULT 0,
+    completed bigint NOT NULL DEFAULT 0,
+    failed bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE {paused} (queue text NOT NULL, name text NOT NULL, PRIMARY KEY (queue, name));
+CREATE TABLE {rate} (queue text NOT NULL, scope text NOT NULL, at timestamptz NOT NULL);
+CREATE INDEX conveyor_rate_window ON {rate} (queue, scope, at);
+CREATE TABLE {metrics} (
+    queue text NOT NULL,
+    kind text NOT NULL,
+    minute bigint NOT NULL,
+    count bigint NOT NULL,
+    PRIMARY KEY (queue, kind, minute)
+);
+
+-- Per-group counts, kept by the database so that no code path can forget them. Jobs without
+-- a group (lane '') skip it: the WHEN clauses keep the trigger from even being called.
+CREATE FUNCTION {lane_trigger_fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.lane <> '' THEN
+        UPDATE {lanes} SET
+            waiting = waiting - (OLD.state = 'waiting')::int,
+            active = active - (OLD.state = 'active')::int,
+            queued = queued - (OLD.state IN ('waiting', 'delayed'))::int
+        WHERE queue = OLD.queue AND lane = OLD.lane;
+    END IF;
+    IF TG_OP IN ('UPDATE', 'INSERT') AND NEW.lane <> '' THEN
+        INSERT INTO {lanes} AS l (queue, lane, waiting, active, queued)
+        VALUES (NEW.queue, NEW.lane, (NEW.state = 'waiting')::int,
+                (NEW.state = 'active')::int, (NEW.state IN ('waiting', 'delayed'))::int)
+        ON CONFLICT (queue, lane) DO UPDATE SET
+            waiting = l.waiting + excluded.waiting,
+            active = l.active + excluded.active,
+            queued = l.queued + excluded.queued;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER conveyor_jobs_added AFTER INSERT ON {jobs}
+    FOR EACH ROW WHEN (NEW.lane <> '') EXECUTE FUNCTION {lane_trigger_fn}();
+CREATE TRIGGER conveyor_jobs_removed AFTER DELETE ON {jobs}
+    FOR EACH ROW WHEN (OLD.lane <> '') EXECUTE FUNCTION {lane_trigger_fn}();
+CREATE TRIGGER conveyor_jobs_moved AFTER UPDATE OF state, lane ON {jobs}
+    FOR EACH ROW WHEN ((OLD.lane <> '' OR NEW.lane <> '')
+        AND (OLD.state IS DISTINCT FROM NEW.state OR OLD.lane IS DISTINCT FROM NEW.lane))
+    EXECUTE FUNCTION {lane_trigger_fn}();
+"""
+
+MIGRATIONS: list[tuple[str, Callable[[dict[str, str]], list[str]]]] = [
+    (
+        "jobs, lanes, queues, pauses, rate windows, metrics",
+        lambda names: [_V1.format(**names)],
+    ),
+]
+"""Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``: the statements
+to run, given the quoted names. Append only."""
+
+SCHEMA_VERSION = len(MIGRATIONS)

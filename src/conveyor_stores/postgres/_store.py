@@ -1,0 +1,1861 @@
+"""PgStore: the store contract on PostgreSQL, for workers on many hosts.
+
+How it runs:
+
+* Connections are psycopg's libpq protocol driven by AnyIO (``_wire``): native under asyncio
+  and trio, one round trip per statement, several statements per round trip where they do not
+  depend on each other (``bench/pg_call_modes.py`` measured the choices).
+* Every write runs in one transaction that first takes a transaction-level advisory lock keyed
+  on the schema, so writers of one schema run one at a time, as on SQLite: claims, limits,
+  groups, deduplication and pauses hold across every process and host by construction. (A
+  ``FOR UPDATE SKIP LOCKED`` claim path that lets plain claims run side by side is the next
+  step; see the PgStore issue's notes.) Reads run without it, on PostgreSQL's snapshots.
+* Time is the database server's clock (``clock_timestamp()``, read once per transaction, in
+  the round trip that begins it): hosts' clocks may drift, lock expiry and delays do not.
+  Tests pass a :class:`~conveyor.store.ManualClock` instead.
+* Events: each write transaction publishes its events with ``NOTIFY`` (delivered at commit,
+  in commit order, payloads kept under PostgreSQL's 8,000 bytes); a listener thread per store
+  delivers other processes' events to this store's subscribers while it has any. With
+  ``listen=False`` (for transaction-mode poolers, which drop ``LISTEN``) subscribers see this
+  process's events only, and workers find other processes' jobs by polling.
+* A lost connection raises :class:`~conveyor.store.StoreError` to the caller; the next call
+  opens a new one. A cancelled call drops its connection, and PostgreSQL rolls back whatever
+  it had not committed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import urllib.parse
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+import attrs
+import psycopg
+from anyio.lowlevel import checkpoint
+from psycopg import sql
+
+from conveyor.store import (
+    ALL_JOB_NAMES,
+    TERMINAL_STATES,
+    ChildFailurePolicy,
+    Clock,
+    DuplicateJobError,
+    Duration,
+    EventType,
+    FetchOptions,
+    GroupFullError,
+    InvalidArgumentError,
+    InvalidJobStateError,
+    JobData,
+    JobNotFoundError,
+    JobOutcome,
+    JobState,
+    LockStatus,
+    MetricKind,
+    Metrics,
+    MetricsBucket,
+    OutcomeKind,
+    StoreError,
+    StoreEvent,
+    check_int,
+    check_name,
+    copy_json,
+    from_timestamp,
+    parse_duration,
+    structure,
+    to_json,
+)
+from conveyor.store._base import Lifecycle, StoreBase, add_attempt
+from conveyor.store._validate import (
+    check_event,
+    check_fetch,
+    check_jobs,
+    check_lock_duration,
+    check_metrics_query,
+    check_outcomes,
+    check_text,
+    check_updates,
+    validate_new_job,
+)
+
+from ._schema import MIGRATIONS, SCHEMA_VERSION, qualified
+from ._wire import PgConnection, PgPool, Rows
+
+__all__ = ["PgStore"]
+
+T = TypeVar("T")
+
+_JOB_COLUMNS = "pk, record, state, processed_at, lock_until, locked_by, lock_token"
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_NOTIFY_LIMIT = 7_900
+"""Bytes per NOTIFY payload (PostgreSQL refuses 8,000 and more)."""
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else from_timestamp(value)
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _record(job: JobData) -> str:
+    """The job's JSON without the claim fields, which live in their own columns."""
+    saved = (job.state, job.processed_at, job.lock_until, job.locked_by, job.lock_token)
+    job.state = JobState.WAITING
+    job.processed_at = job.lock_until = job.locked_by = job.lock_token = None
+    try:
+        return to_json(job)
+    finally:
+        job.state, job.processed_at, job.lock_until, job.locked_by, job.lock_token = saved
+
+
+@attrs.define
+class _Row:
+    """A job read inside a transaction: its row id and its record, to change and save."""
+
+    pk: int
+    job: JobData
+
+
+def _load(row: Sequence[Any]) -> _Row:
+    job = structure(row[1], JobData)
+    job.state = JobState(row[2])
+    job.processed_at = row[3]
+    job.lock_until = row[4]
+    job.locked_by = row[5]
+    job.lock_token = row[6]
+    return _Row(row[0], job)
+
+
+class _Tx:
+    """One transaction: its connection, the time it runs at, the events it publishes."""
+
+    def __init__(self, store: PgStore, conn: PgConnection, now: float) -> None:
+        self.store = store
+        self.conn = conn
+        self.now = now
+        self.rows: list[tuple[Any, ...]] = []
+        """Events for other processes, ``(queue, type, job_id, data[, at])``, sent at the end."""
+        self.events: list[StoreEvent] = []
+        """The same events for this store's own subscribers (only built when it has some)."""
+        self._local = bool(store._subscribers)
+        self.callbacks: list[Callable[[], Any]] = []
+        self.counters: dict[str, list[int]] = {}
+        """Queue rows read by this transaction: [seq, tick, plain_served, completed, failed]."""
+        self.finished: dict[tuple[str, str], int] = {}
+
+    # -- statements --------------------------------------------------------------------------------
+
+    async def execute(self, query: str, params: Sequence[Any] = ()) -> Rows:
+        return await self.conn.execute(self.store._sql(query), params)
+
+    async def one(self, query: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        rows = await self.execute(query, params)
+        return rows[0] if rows else None
+
+    # -- sequence ----------------------------------------------------------------------------------
+
+    async def queue_counters(self, queue: str) -> list[int]:
+        counters = self.counters.get(queue)
+        if counters is None:
+            row = await self.one(
+                """INSERT INTO {queues} (name) VALUES (?)
+                ON CONFLICT (name) DO UPDATE SET name = excluded.name
+                RETURNING seq, tick, plain_served""",
+                (queue,),
+            )
+            assert row is not None
+            counters = self.counters[queue] = [row[0], row[1], row[2], 0, 0]
+        return counters
+
+    async def next_seq(self, queue: str) -> int:
+        counters = await self.queue_counters(queue)
+        counters[0] += 1
+        return counters[0]
+
+    async def flush(self) -> None:
+        """Write what the transaction kept in memory: queue counters, metrics, events."""
+        statements: list[tuple[bytes, Sequence[Any]]] = []
+        store = self.store
+        for queue, (seq, tick, plain, completed, failed) in self.counters.items():
+            statements.append(
+                (
+                    store._sql(
+                        """UPDATE {queues} SET seq = ?, tick = ?, plain_served = ?,
+                        completed = completed + ?, failed = failed + ? WHERE name = ?"""
+                    ),
+                    (seq, tick, plain, completed, failed, queue),
+                )
+            )
+        minute = int(self.now // 60)
+        for (queue, kind), count in self.finished.items():
+            statements.append(
+                (
+                    store._sql(
+                        """INSERT INTO {metrics} AS m (queue, kind, minute, count)
+                        VALUES (?, ?, ?, ?) ON CONFLICT (queue, kind, minute)
+                        DO UPDATE SET count = m.count + excluded.count"""
+                    ),
+                    (queue, kind, minute, count),
+                )
+            )
+            statements.append(
+                (
+                    store._sql("DELETE FROM {metrics} WHERE queue = ? AND kind = ? AND minute < ?"),
+                    (queue, kind, minute - store._metrics_minutes),
+                )
+            )
+        for payload in self._payloads():
+            statements.append((b"SELECT pg_notify($1, $2)", (store._channel, payload)))
+        if statements:
+            await self.conn.pipeline(statements)
+
+    def _payloads(self) -> list[str]:
+        """The events as NOTIFY payloads of at most ``_NOTIFY_LIMIT`` bytes each."""
+        if not self.rows:
+            return []
+        head = f'{{"o":{_ENCODER.encode(self.store._origin)},"at":{self.now!r},"e":['
+        payloads: list[str] = []
+        items: list[str] = []
+        size = len(head) + 2
+        for row in self.rows:
+            item = _ENCODER.encode(row)
+            if len(item.encode()) + len(head) + 2 > _NOTIFY_LIMIT:
+                # Too big for any payload: other processes get the event without its data.
+                item = _ENCODER.encode((*row[:3], {"truncated": True}, *row[4:]))
+            length = len(item.encode()) + 1
+            if items and size + length > _NOTIFY_LIMIT:
+                payloads.append(head + ",".join(items) + "]}")
+                items, size = [], len(head) + 2
+            items.append(item)
+            size += length
+        payloads.append(head + ",".join(items) + "]}")
+        return payloads
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def after_commit(self, callback: Callable[[], Any]) -> None:
+        self.callbacks.append(callback)
+
+    def emit(self, queue: str, type_: str, job_id: str | None, **data: Any) -> None:
+        self.rows.append((queue, type_, job_id, data or None))
+        if self._local:
+            self.events.append(StoreEvent(type_, queue, job_id, data, from_timestamp(self.now)))
+
+    def emit_state(self, job: JobData, prev: JobState | None, **data: Any) -> None:
+        self.emit(job.queue_name, job.state.value, job.id, prev=prev and prev.value, **data)
+
+    def publish(self, event: StoreEvent) -> None:
+        at = self.now if event.timestamp is None else event.timestamp.timestamp()
+        row = (event.queue_name, event.type, event.job_id, event.data or None)
+        self.rows.append(row if at == self.now else (*row, at))
+        if self._local:
+            if event.timestamp is None:
+                event = attrs.evolve(event, timestamp=from_timestamp(self.now))
+            self.events.append(event)
+
+    # -- rows --------------------------------------------------------------------------------------
+
+    async def find(self, queue: str | None, job_id: str | None) -> _Row | None:
+        if queue is None or job_id is None:
+            return None
+        row = await self.one(
+            f"SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE queue = ? AND id = ?", (queue, job_id)
+        )
+        return None if row is None else _load(row)
+
+    async def seq_for(self, job: JobData, *, head: bool = False) -> int:
+        seq = await self.next_seq(job.queue_name)
+        if job.state is JobState.WAITING and (head or job.opts.lifo):
+            return -seq
+        return seq
+
+    async def save(self, row: _Row, *, seq: int | None = None) -> None:
+        """Write the whole job back (``seq``: its new place in its state, if it moved)."""
+        job = row.job
+        finished = job.completed_at if job.state is JobState.COMPLETED else job.failed_at
+        await self.execute(
+            """UPDATE {jobs} SET name = ?, state = ?, lane = ?, priority = ?,
+                seq = coalesce(?::bigint, seq), processed_at = ?, delay_until = ?, lock_until = ?,
+                locked_by = ?, lock_token = ?, finished_at = ?, dedup_key = ?, dedup_until = ?,
+                parent_queue = ?, parent_id = ?, record = ?::jsonb, version = version + 1
+            WHERE pk = ?""",
+            (
+                job.name,
+                job.state.value,
+                job.group_id or "",
+                job.opts.priority,
+                seq,
+                job.processed_at,
+                job.delay_until,
+                job.lock_until,
+                job.locked_by,
+                job.lock_token,
+                finished,
+                job.deduplication_key,
+                job.deduplication_until,
+                job.parent_queue_name,
+                job.parent_id,
+                _record(job),
+                row.pk,
+            ),
+        )
+
+    async def move(self, row: _Row, state: JobState, *, head: bool = False) -> JobState:
+        """Put the job in ``state`` (at the head of its priority, for ``head``) and save it."""
+        job = row.job
+        prev = job.state
+        job.state = state
+        await self.save(row, seq=await self.seq_for(job, head=head))
+        if state in TERMINAL_STATES:
+            await self.count_finished(job.queue_name, state)
+        return prev
+
+    async def count_finished(self, queue: str, state: JobState) -> None:
+        key = (queue, state.value)
+        self.finished[key] = self.finished.get(key, 0) + 1
+        (await self.queue_counters(queue))[3 if state is JobState.COMPLETED else 4] += 1
+
+    async def delete(self, row: _Row) -> None:
+        """Remove one job; a child removed before finishing stops counting for its parent."""
+        job = row.job
+        await self.execute("DELETE FROM {jobs} WHERE pk = ?", (row.pk,))
+        if (
+            job.parent_id is not None
+            and job.parent_queue_name is not None
+            and job.state not in TERMINAL_STATES
+        ):
+            await self.child_done(job.parent_queue_name, job.parent_id)
+
+    def clear_lock(self, job: JobData) -> None:
+        job.lock_until = None
+        job.locked_by = None
+        job.lock_token = None
+
+    def record_attempt(self, job: JobData, outcome: str, error: str | None, *, count: bool) -> None:
+        add_attempt(job, from_timestamp(self.now), outcome, error, count=count)
+
+    # -- outcomes and flows ------------------------------------------------------------------------
+
+    async def fail(self, row: _Row, reason: str, *, cancelled: bool) -> None:
+        """Fail a job that is not yet finished, then apply its parent's policy and removal."""
+        job = row.job
+        job.failed_reason = reason
+        job.failed_at = from_timestamp(self.now)
+        if cancelled and job.cancelled_at is None:
+            job.cancelled_at = job.failed_at
+        self.clear_lock(job)
+        prev = await self.move(row, JobState.FAILED)
+        self.emit_state(job, prev, failed_reason=reason, cancelled=job.cancelled_at is not None)
+        await self.child_failed(row, reason)
+        await self.apply_removal(row, job.opts.remove_on_fail)
+
+    async def apply_removal(self, row: _Row, policy: bool | int) -> None:
+        job = row.job
+        if policy is True:
+            await self.execute("DELETE FROM {jobs} WHERE pk = ?", (row.pk,))
+        elif policy is not False:
+            await self.execute(
+                """DELETE FROM {jobs} WHERE pk IN (
+                    SELECT pk FROM {jobs} WHERE queue = ? AND state = ?
+                    ORDER BY seq DESC OFFSET ?)""",
+                (job.queue_name, job.state.value, policy),
+            )
+
+    async def child_completed(self, child: JobData) -> None:
+        parent = await self.find(child.parent_queue_name, child.parent_id)
+        if parent is None:
+            return
+        key = f"{child.queue_name}:{child.id}"
+        parent.job.children_values[key] = copy_json(child.returnvalue)
+        await self.save(parent)
+        await self.child_done(parent.job.queue_name, parent.job.id)
+
+    async def child_done(self, parent_queue: str, parent_id: str) -> JobState | None:
+        parent = await self.find(parent_queue, parent_id)
+        if parent is None:
+            return None
+        job = parent.job
+        if job.pending_children > 0:
+            job.pending_children -= 1
+        if job.pending_children == 0 and job.state is JobState.WAITING_CHILDREN:
+            prev = await self.move(parent, JobState.WAITING)
+            self.emit_state(job, prev)
+        else:
+            await self.save(parent)
+        return job.state
+
+    async def child_failed(self, child: _Row, reason: str) -> None:
+        job = child.job
+        parent = await self.find(job.parent_queue_name, job.parent_id)
+        if parent is None:
+            return
+        policy = job.opts.fail_parent_on_child_failure
+        if policy is ChildFailurePolicy.FAIL:
+            await self.fail_parent(parent, f"child {job.queue_name}:{job.id} failed: {reason}")
+        elif policy is ChildFailurePolicy.IGNORE:
+            await self.child_done(parent.job.queue_name, parent.job.id)
+        else:
+            job.parent_id = None
+            job.parent_queue_name = None
+            await self.save(child)
+            await self.child_done(parent.job.queue_name, parent.job.id)
+
+    async def fail_parent(self, parent: _Row, reason: str) -> bool:
+        if parent.job.state is not JobState.WAITING_CHILDREN:
+            return False
+        await self.fail(parent, reason, cancelled=False)
+        return True
+
+
+class _Listener:
+    """A thread holding a ``LISTEN`` connection; hands other processes' events to the loop."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        channel: str,
+        origin: str,
+        token: anyio.lowlevel.EventLoopToken,
+        deliver: Callable[[list[StoreEvent]], None],
+    ) -> None:
+        self._conninfo = conninfo
+        self._channel = channel
+        self._origin = origin
+        self._token = token
+        self._deliver = deliver
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="conveyor-pg-listen", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float) -> None:
+        self._ready.wait(timeout)
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    self._ready.set()
+                    backoff = 0.05
+                    while not self._stop.is_set():
+                        for notify in conn.notifies(timeout=0.1, stop_after=100):
+                            self._handle(notify.payload)
+            except psycopg.Error:
+                self._ready.set()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except RuntimeError:  # the event loop is gone
+                return
+
+    def _handle(self, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+            if message["o"] == self._origin:
+                return
+            at = float(message["at"])
+            events = [
+                StoreEvent(
+                    item[1],
+                    item[0],
+                    item[2],
+                    item[3] or {},
+                    from_timestamp(item[4] if len(item) > 4 else at),
+                )
+                for item in message["e"]
+            ]
+        except (ValueError, KeyError, TypeError, IndexError):
+            return  # not ours
+        anyio.from_thread.run_sync(self._deliver, events, token=self._token)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class PgStore(StoreBase):
+    """The store contract on PostgreSQL: many workers, many hosts.
+
+    :param conninfo: a libpq connection string or URL (``postgresql://user@host:5432/db``).
+    :param schema: where conveyor's tables live (default ``public``; created if missing).
+    :param clock: a :class:`~conveyor.store.ManualClock` for tests; by default the database
+        server's clock.
+    :param max_connections: the most connections the store opens at once (default 10).
+    :param listen: deliver other processes' events through ``LISTEN`` (default ``True``; set
+        ``False`` behind a transaction-mode pooler such as PgBouncer's).
+    :param metrics_retention: how long per-minute metrics are kept (default 7 days).
+    :param auto_migrate: create or upgrade the schema on :meth:`connect` (default ``True``).
+    :param connect_timeout: seconds to wait for a new connection (default 10).
+    :param on_event_error: called with the exception when a subscriber raises (default: log).
+
+    ::
+
+        async with PgStore("postgresql://app@db.internal/jobs") as store:
+            ...
+
+    Roles and grants: the role connecting needs ``CONNECT`` on the database, ``USAGE`` and
+    ``CREATE`` on the schema while migrations run (``auto_migrate``; otherwise run
+    ``conveyor migrate`` with such a role), and ``SELECT, INSERT, UPDATE, DELETE`` on the
+    ``conveyor_*`` tables, ``TRUNCATE`` for :meth:`truncate_all`.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        schema: str = "public",
+        clock: Clock | None = None,
+        max_connections: int = 10,
+        listen: bool = True,
+        metrics_retention: Duration = "7 days",
+        auto_migrate: bool = True,
+        connect_timeout: Duration = 10.0,
+        on_event_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        if not isinstance(conninfo, str) or not conninfo:
+            raise InvalidArgumentError("conninfo", "expected a libpq connection string or URL")
+        try:
+            psycopg.conninfo.conninfo_to_dict(conninfo)
+        except psycopg.ProgrammingError as exc:
+            raise InvalidArgumentError("conninfo", f"not a connection string: {exc}") from None
+        check_name(schema, "schema")
+        if len(schema.encode()) > 63:
+            raise InvalidArgumentError("schema", "PostgreSQL names are at most 63 bytes")
+        if clock is not None and not isinstance(clock, Clock):
+            raise InvalidArgumentError("clock", "expected an object with a time() method")
+        check_int(max_connections, "max_connections", minimum=1)
+        for flag, value in (("listen", listen), ("auto_migrate", auto_migrate)):
+            if not isinstance(value, bool):
+                raise InvalidArgumentError(flag, "expected True or False")
+        self._conninfo = conninfo
+        self._schema = schema
+        self._names = qualified(schema)
+        self._channel = f"conveyor:{schema}"[:63]
+        self._clock = clock
+        self._listen = listen
+        retention = parse_duration(metrics_retention, "metrics_retention", allow_zero=False)
+        self._metrics_minutes = max(int(retention // 60), 1)
+        self._auto_migrate = auto_migrate
+        self._connect_timeout = parse_duration(connect_timeout, "connect_timeout", allow_zero=False)
+        self._pool = PgPool(
+            conninfo, max_size=max_connections, connect_timeout=self._connect_timeout
+        )
+        super().__init__(on_event_error=on_event_error)
+        self._origin = uuid.uuid4().hex
+        self._queries: dict[str, bytes] = {}
+        self._listener: _Listener | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._write_lock = f"conveyor-write:{schema}"
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> PgStore:
+        """Build from ``postgresql://...`` or ``postgres://...``. The conveyor options among
+        the query parameters (``schema``, ``max_connections``, ``listen``, ``auto_migrate``,
+        ``metrics_retention``, ``connect_timeout``) are taken out; the rest go to libpq.
+        Keyword options win."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise InvalidArgumentError("url", f"PgStore takes postgresql:// URLs, not {url!r}")
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        ours = {"schema", "max_connections", "listen", "auto_migrate", "metrics_retention"}
+        ours.add("connect_timeout")
+        taken: dict[str, Any] = {}
+        rest = []
+        for key, value in query:
+            if key in ours:
+                taken[key] = value
+            else:
+                rest.append((key, value))
+        for flag in ("listen", "auto_migrate"):
+            if flag in taken:
+                taken[flag] = str(taken[flag]).lower() in ("1", "true", "yes", "on")
+        if "max_connections" in taken:
+            try:
+                taken["max_connections"] = int(taken["max_connections"])
+            except ValueError:
+                raise InvalidArgumentError("url", "max_connections must be a number") from None
+        conninfo = urllib.parse.urlunsplit(
+            (parts.scheme, parts.netloc, parts.path, urllib.parse.urlencode(rest), "")
+        )
+        return cls(conninfo, **{**taken, **options})
+
+    @property
+    def schema(self) -> str:
+        return self._schema
+
+    def __repr__(self) -> str:
+        host = psycopg.conninfo.conninfo_to_dict(self._conninfo).get("host", "")
+        return f"<PgStore {host!s} schema={self._schema!r} {self._lifecycle.value}>"
+
+    def _sql(self, query: str) -> bytes:
+        """The statement as sent: names filled in, ``?`` turned into ``$1, $2...``."""
+        cached = self._queries.get(query)
+        if cached is None:
+            counter = iter(range(1, 10_000))
+            text = _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", query.format(**self._names))
+            cached = self._queries[query] = text.encode()
+        return cached
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self._check_connectable()
+        self._token = anyio.lowlevel.current_token()
+        try:
+            async with self._pool.connection() as conn:
+                await self._migrate(conn)
+        except psycopg.Error as exc:
+            self._pool.close()
+            raise StoreError(f"cannot use PostgreSQL ({self._where()}): {exc}") from exc
+        except BaseException:
+            self._pool.close()
+            raise
+        self._lifecycle = Lifecycle.CONNECTED
+        if self._subscribers:
+            self._start_listening()
+
+    def _where(self) -> str:
+        params = psycopg.conninfo.conninfo_to_dict(self._conninfo)
+        return f"host {params.get('host', 'default')!s}, database {params.get('dbname', '')!s}"
+
+    async def _migrate(self, conn: PgConnection) -> None:
+        names = self._names
+        await conn.execute(b"BEGIN")
+        try:
+            await conn.execute(
+                b"SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                (f"conveyor-migrate:{self._schema}",),
+            )
+            [(has_migrations, has_jobs)] = await conn.execute(
+                b"SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
+                (names["migrations"], names["jobs"]),
+            )
+            if has_jobs and not has_migrations:
+                raise StoreError(
+                    f"schema {self._schema!r} has a conveyor_jobs table that conveyor did not "
+                    "make (no conveyor_migrations); use another schema"
+                )
+            version = 0
+            if has_migrations:
+                [(version,)] = await conn.execute(
+                    self._sql("SELECT coalesce(max(version), 0) FROM {migrations}")
+                )
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"schema {self._schema!r} has conveyor schema version {version}, newer than "
+                    f"this conveyor understands ({SCHEMA_VERSION}); upgrade conveyor to use it"
+                )
+            if version < SCHEMA_VERSION and not self._auto_migrate:
+                raise StoreError(
+                    f"schema {self._schema!r} needs migrating to conveyor schema version "
+                    f"{SCHEMA_VERSION}; connect with auto_migrate=True (the default) or run "
+                    "`conveyor migrate`"
+                )
+            if version < SCHEMA_VERSION:
+                await conn.execute_script(
+                    """CREATE SCHEMA IF NOT EXISTS {s};
+                    CREATE TABLE IF NOT EXISTS {migrations} (
+                        version integer PRIMARY KEY,
+                        name text NOT NULL,
+                        applied_at timestamptz NOT NULL DEFAULT now())""".format(**names).encode()
+                )
+                for number in range(version + 1, SCHEMA_VERSION + 1):
+                    name, step = MIGRATIONS[number - 1]
+                    for script in step(names):
+                        await conn.execute_script(script.encode())
+                    await conn.execute(
+                        self._sql("INSERT INTO {migrations} (version, name) VALUES (?, ?)"),
+                        (number, name),
+                    )
+            await conn.execute(b"COMMIT")
+        except BaseException:
+            if not conn.broken and conn.in_transaction:
+                with anyio.CancelScope(shield=True):
+                    await conn.execute(b"ROLLBACK")
+            raise
+
+    async def disconnect(self) -> None:
+        await checkpoint()
+        if self._lifecycle is Lifecycle.CLOSED:
+            return
+        self._lifecycle = Lifecycle.CLOSED
+        self._subscribers.clear()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(listener.stop)
+        self._pool.close()
+
+    async def now(self) -> datetime:
+        self._check_connected()
+        if self._clock is not None:
+            await checkpoint()
+            return from_timestamp(self._clock.time())
+        return from_timestamp(await self._server_time())
+
+    async def _server_time(self) -> float:
+        async def body(conn: PgConnection) -> float:
+            [(now,)] = await conn.execute(b"SELECT extract(epoch FROM clock_timestamp())::float8")
+            return float(now)
+
+        return await self._with_connection(body)
+
+    async def _with_connection(self, body: Callable[[PgConnection], Awaitable[T]]) -> T:
+        self._check_connected()
+        try:
+            async with self._pool.connection() as conn:
+                return await body(conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL error ({self._where()}): {exc}") from exc
+
+    # -- running transactions ----------------------------------------------------------------------
+
+    async def _write(self, body: Callable[[_Tx], Awaitable[T]]) -> T:
+        """Run ``body`` in one transaction holding the schema's write lock."""
+        return await self._run(body, write=True)
+
+    async def _read(self, body: Callable[[_Tx], Awaitable[T]]) -> T:
+        """Run ``body`` in one read-only transaction (a consistent snapshot)."""
+        return await self._run(body, write=False)
+
+    async def _run(self, body: Callable[[_Tx], Awaitable[T]], *, write: bool) -> T:
+        self._check_connected()
+        try:
+            async with self._pool.connection() as conn:
+                begin: list[tuple[bytes, Sequence[Any]]] = [
+                    (b"BEGIN" if write else b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", ())
+                ]
+                if write:
+                    begin.append(
+                        (
+                            b"SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                            (self._write_lock,),
+                        )
+                    )
+                if self._clock is None:
+                    begin.append((b"SELECT extract(epoch FROM clock_timestamp())::float8", ()))
+                results = await conn.pipeline(begin)
+                now = self._clock.time() if self._clock is not None else float(results[-1][0][0])
+                tx = _Tx(self, conn, now)
+                try:
+                    result = await body(tx)
+                    if write:
+                        await tx.flush()
+                    await conn.execute(b"COMMIT")
+                except BaseException:
+                    if not conn.broken and conn.in_transaction:
+                        with anyio.CancelScope(shield=True):
+                            await conn.execute(b"ROLLBACK")
+                    raise
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL error ({self._where()}): {exc}") from exc
+        for callback in tx.callbacks:
+            callback()
+        if tx.events:
+            self._deliver(tx.events)
+        return result
+
+    # -- adding ------------------------------------------------------------------------------------
+
+    async def save_job(self, job: JobData) -> JobData:
+        clean = validate_new_job(job)
+        if clean.parent_id is not None:
+            raise InvalidArgumentError("job.parent_id", "children are added with save_flow()")
+        saved = await self._write(lambda tx: self._insert(tx, [clean], flow=False))
+        return saved[0]
+
+    async def save_bulk(self, jobs: Sequence[JobData]) -> list[JobData]:
+        clean = check_jobs(jobs)
+        for i, job in enumerate(clean):
+            if job.parent_id is not None:
+                raise InvalidArgumentError(
+                    f"jobs[{i}].parent_id", "children are added with save_flow()"
+                )
+        return await self._write(lambda tx: self._insert(tx, clean, flow=False))
+
+    async def save_flow(self, jobs: Sequence[JobData]) -> list[JobData]:
+        clean = check_jobs(jobs)
+        members = {(job.queue_name, job.id) for job in clean}
+        for i, job in enumerate(clean):
+            if job.parent_id is not None and (job.parent_queue_name, job.parent_id) not in members:
+                raise InvalidArgumentError(
+                    f"jobs[{i}].parent_id",
+                    f"parent {job.parent_queue_name}:{job.parent_id} is not part of the flow",
+                )
+        return await self._write(lambda tx: self._insert(tx, clean, flow=True))
+
+    async def _holder(self, tx: _Tx, queue: str, key: str) -> str | None:
+        row = await tx.one(
+            """SELECT id FROM {jobs} WHERE queue = ? AND dedup_key = ? AND (
+                dedup_until > ? OR (dedup_until IS NULL AND state NOT IN ('completed', 'failed')))
+            ORDER BY pk DESC LIMIT 1""",
+            (queue, key, _dt(tx.now)),
+        )
+        return None if row is None else str(row[0])
+
+    async def _insert(self, tx: _Tx, jobs: list[JobData], *, flow: bool) -> list[JobData]:
+        now = tx.now
+        # Decide everything first, so that a refused job leaves nothing half-added.
+        holders: list[str | None] = []
+        keys_here: dict[tuple[str, str], str] = {}
+        group_here: dict[tuple[str, str], int] = {}
+        for job in jobs:
+            key = job.deduplication_key
+            if key is not None and not flow:
+                holder = keys_here.get((job.queue_name, key)) or await self._holder(
+                    tx, job.queue_name, key
+                )
+                if holder is not None:
+                    holders.append(holder)
+                    continue
+                keys_here[(job.queue_name, key)] = job.id
+            group = job.opts.group
+            if group is not None and group.max_size is not None:
+                slot = (job.queue_name, group.id)
+                if slot not in group_here:
+                    row = await tx.one(
+                        "SELECT queued FROM {lanes} WHERE queue = ? AND lane = ?", slot
+                    )
+                    group_here[slot] = 0 if row is None else int(row[0])
+                if group_here[slot] >= group.max_size:
+                    raise GroupFullError(job.queue_name, group.id, group.max_size)
+                group_here[slot] += 1
+            holders.append(None)
+
+        pending: dict[tuple[str, str], int] = {}
+        if flow:
+            for job in jobs:
+                if job.parent_id is not None and job.parent_queue_name is not None:
+                    parent = (job.parent_queue_name, job.parent_id)
+                    pending[parent] = pending.get(parent, 0) + 1
+        created = from_timestamp(now)
+        out: list[JobData] = []
+        added: dict[tuple[str, str], JobData] = {}
+        columns: list[list[Any]] = [[] for _ in range(14)]
+        queues: set[str] = set()
+        for job, holder in zip(jobs, holders, strict=True):
+            if holder is not None:
+                in_call = added.get((job.queue_name, holder))
+                if in_call is not None:
+                    out.append(in_call)
+                else:
+                    stored = await tx.find(job.queue_name, holder)
+                    assert stored is not None  # _holder found it in this transaction
+                    out.append(stored.job)
+                continue
+            job.created_at = created
+            if job.opts.delay > 0:
+                job.delay_until = from_timestamp(now + job.opts.delay)
+            children = pending.get((job.queue_name, job.id), 0)
+            if children:
+                job.state = JobState.WAITING_CHILDREN
+                job.pending_children = children
+            elif job.delay_until is not None and job.delay_until.timestamp() > now:
+                job.state = JobState.DELAYED
+            else:
+                job.state = JobState.WAITING
+                job.delay_until = None
+            dedup = job.opts.deduplication
+            if flow:
+                job.deduplication_key = None
+            elif job.deduplication_key is not None and dedup is not None and dedup.ttl is not None:
+                job.deduplication_until = from_timestamp(now + dedup.ttl)
+            values = (
+                job.queue_name,
+                job.id,
+                job.name,
+                job.state.value,
+                job.group_id or "",
+                job.opts.priority,
+                await tx.seq_for(job),
+                created,
+                job.delay_until,
+                job.deduplication_key,
+                job.deduplication_until,
+                job.parent_queue_name,
+                job.parent_id,
+                _record(job),
+            )
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+            queues.add(job.queue_name)
+            tx.emit_state(job, None)
+            out.append(job)  # a clean copy made by validation: the caller may keep it
+            added[(job.queue_name, job.id)] = job
+        if not columns[0]:
+            return out
+        await tx.execute(
+            "UPDATE {queues} SET live = 1 WHERE name = ANY(?::text[]) AND live = 0",
+            (sorted(queues),),
+        )
+        inserted = await tx.execute(
+            """INSERT INTO {jobs} (queue, id, name, state, lane, priority, seq, created_at,
+                delay_until, dedup_key, dedup_until, parent_queue, parent_id, record)
+            SELECT q, i, n, s, l, p, sq, c, d, dk, du, pq, pi, r::jsonb FROM unnest(
+                ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::int[], ?::bigint[],
+                ?::timestamptz[], ?::timestamptz[], ?::text[], ?::timestamptz[], ?::text[],
+                ?::text[], ?::text[]) AS v(q, i, n, s, l, p, sq, c, d, dk, du, pq, pi, r)
+            ON CONFLICT (id, queue) DO NOTHING RETURNING queue, id""",
+            columns,
+        )
+        if len(inserted) != len(columns[0]):
+            # An id already taken in its queue: raising rolls the whole call back.
+            fresh = {(queue, job_id) for queue, job_id in inserted}
+            for queue, job_id in zip(columns[0], columns[1], strict=True):
+                if (queue, job_id) not in fresh:
+                    raise DuplicateJobError(queue, job_id)
+        return out
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def get_job(self, queue_name: str, job_id: str) -> JobData | None:
+        check_name(queue_name, "queue_name")
+        check_name(job_id, "job_id")
+
+        async def body(tx: _Tx) -> JobData | None:
+            row = await tx.find(queue_name, job_id)
+            return None if row is None else row.job
+
+        return await self._read(body)
+
+    async def find_job_by_id(self, job_id: str) -> JobData | None:
+        check_name(job_id, "job_id")
+
+        async def body(tx: _Tx) -> JobData | None:
+            row = await tx.one(
+                f"SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE id = ? ORDER BY pk LIMIT 1", (job_id,)
+            )
+            return None if row is None else _load(row).job
+
+        return await self._read(body)
+
+    async def find_by_deduplication_key(self, queue_name: str, key: str) -> JobData | None:
+        check_name(queue_name, "queue_name")
+        check_name(key, "key")
+
+        async def body(tx: _Tx) -> JobData | None:
+            holder = await self._holder(tx, queue_name, key)
+            row = None if holder is None else await tx.find(queue_name, holder)
+            return None if row is None else row.job
+
+        return await self._read(body)
+
+    # -- changing ----------------------------------------------------------------------------------
+
+    async def update_job(
+        self,
+        queue_name: str,
+        job_id: str,
+        updates: Mapping[str, Any],
+        *,
+        expected_state: JobState | None = None,
+    ) -> bool:
+        check_name(queue_name, "queue_name")
+        check_name(job_id, "job_id")
+        clean = check_updates(updates)
+        if expected_state is not None:
+            expected_state = JobState.parse(expected_state, "expected_state")
+
+        async def body(tx: _Tx) -> bool:
+            row = await tx.find(queue_name, job_id)
+            if row is None or (expected_state is not None and row.job.state is not expected_state):
+                return False
+            job = row.job
+            changes = dict(clean)
+            new_state = changes.pop("state", job.state)
+            if new_state is not job.state:
+                if job.state is JobState.ACTIVE:
+                    raise InvalidJobStateError(
+                        f"job {job_id!r} is active: its worker ends it (finish, release or cancel)"
+                    )
+                if new_state not in (JobState.WAITING, JobState.DELAYED):
+                    raise InvalidJobStateError(
+                        f"update_job moves a job only to waiting or delayed, not {new_state.value}"
+                    )
+            delay_until = changes.get("delay_until", job.delay_until)
+            if new_state is JobState.DELAYED and delay_until is None:
+                raise InvalidArgumentError(
+                    "updates.delay_until", "a delayed job needs a delay_until"
+                )
+            prev = job.state
+            for key, value in changes.items():
+                setattr(job, key, value)
+            if new_state is JobState.WAITING and prev is not JobState.WAITING:
+                job.delay_until = None
+            job.state = new_state
+            if new_state is not prev or (
+                prev is JobState.DELAYED and ("opts" in changes or "delay_until" in changes)
+            ):
+                await tx.save(row, seq=await tx.seq_for(job))
+            else:
+                await tx.save(row)
+            if new_state is not prev:
+                tx.emit_state(job, prev)
+            if "progress" in changes:
+                tx.emit(queue_name, EventType.PROGRESS, job_id, progress=copy_json(job.progress))
+            return True
+
+        return await self._write(body)
+
+    async def add_log(self, queue_name: str, job_id: str, message: str) -> int:
+        check_name(queue_name, "queue_name")
+        check_name(job_id, "job_id")
+        check_text(message, "message")
+
+        async def body(tx: _Tx) -> int:
+            row = await tx.find(queue_name, job_id)
+            if row is None:
+                raise JobNotFoundError(queue_name, job_id)
+            row.job.logs.append(message)
+            await tx.save(row)
+            return len(row.job.logs)
+
+        return await self._write(body)
+
+    async def _children(self, tx: _Tx, queue: str, job_id: str) -> list[_Row]:
+        rows = await tx.execute(
+            f"""SELECT {_JOB_COLUMNS} FROM {{jobs}}
+            WHERE parent_queue = ? AND parent_id = ? ORDER BY pk""",
+            (queue, job_id),
+        )
+        return [_load(row) for row in rows]
+
+    async def _descendants(self, tx: _Tx, row: _Row) -> list[_Row]:
+        """The job, then its children, depth first (parents before children)."""
+        out = [row]
+        for child in await self._children(tx, row.job.queue_name, row.job.id):
+            out.extend(await self._descendants(tx, child))
+        return out
+
+    async def remove_job(self, queue_name: str, job_id: str) -> bool:
+        check_name(queue_name, "queue_name")
+        check_name(job_id, "job_id")
+
+        async def body(tx: _Tx) -> bool:
+            row = await tx.find(queue_name, job_id)
+            if row is None:
+                return False
+            doomed = await self._descendants(tx, row)
+            for item in doomed:
+                if item.job.state is JobState.ACTIVE:
+                    raise InvalidJobStateError(
+                        f"job {item.job.queue_name}:{item.job.id} is active; cancel it or wait "
+                        "for it to finish"
+                    )
+            for item in reversed(doomed):
+                # Removing a child may have moved its parent: read each one afresh.
+                fresh = await tx.find(item.job.queue_name, item.job.id)
+                if fresh is None:
+                    continue
+                await tx.delete(fresh)
+                tx.emit(
+                    fresh.job.queue_name,
+                    EventType.REMOVED,
+                    fresh.job.id,
+                    prev=fresh.job.state.value,
+                )
+            return True
+
+        return await self._write(body)
+
+    async def cancel_job(self, queue_name: str, job_id: str) -> JobData | None:
+        check_name(queue_name, "queue_name")
+        check_name(job_id, "job_id")
+
+        async def body(tx: _Tx) -> JobData | None:
+            row = await tx.find(queue_name, job_id)
+            if row is None:
+                return None
+            job = row.job
+            if job.state in TERMINAL_STATES:
+                raise InvalidJobStateError(f"job {job_id!r} already {job.state.value}")
+            if job.state is JobState.ACTIVE:
+                if job.cancelled_at is None:
+                    job.cancelled_at = from_timestamp(tx.now)
+                    await tx.save(row)
+                    tx.emit(queue_name, EventType.CANCEL_REQUESTED, job_id)
+                return job
+            await tx.fail(row, "cancelled", cancelled=True)
+            return job
+
+        return await self._write(body)
+
+    # -- claiming ----------------------------------------------------------------------------------
+
+    async def fetch_next_jobs(
+        self,
+        queue_name: str,
+        worker_id: str,
+        lock_duration: Duration,
+        limit: int,
+        opts: FetchOptions | None = None,
+    ) -> list[JobData]:
+        check_name(queue_name, "queue_name")
+        duration, limit, fetch = check_fetch(worker_id, lock_duration, limit, opts)
+        return await self._write(
+            lambda tx: self._claim(tx, queue_name, worker_id, duration, limit, fetch)
+        )
+
+    async def _claim(
+        self,
+        tx: _Tx,
+        queue: str,
+        worker_id: str,
+        duration: float,
+        limit: int,
+        fetch: FetchOptions,
+    ) -> list[JobData]:
+        # Group lanes with waiting jobs (trigger-kept counts), the lane of jobs without a group
+        # when it has one waiting, and the paused names: one round trip.
+        lanes, paused_rows = await tx.conn.pipeline(
+            [
+                (
+                    self._sql(
+                        """SELECT lane, served, active FROM {lanes}
+                        WHERE queue = ? AND waiting > 0
+                        UNION ALL
+                        SELECT '', plain_served, 0 FROM {queues} WHERE name = ? AND EXISTS (
+                            SELECT 1 FROM {jobs}
+                            WHERE queue = ? AND lane = '' AND state = 'waiting')
+                        ORDER BY 2, 1"""
+                    ),
+                    (queue, queue, queue),
+                ),
+                (self._sql("SELECT name FROM {paused} WHERE queue = ?"), (queue,)),
+            ]
+        )
+        if not lanes:
+            return []
+        paused = {row[0] for row in paused_rows}
+        if ALL_JOB_NAMES in paused or (fetch.job_name is not None and fetch.job_name in paused):
+            return []
+        now = tx.now
+        if fetch.max_global_concurrency is not None:
+            active_now = await self._count(tx, queue, JobState.ACTIVE)
+            limit = min(limit, fetch.max_global_concurrency - active_now)
+        if fetch.limiter is not None:
+            used = await self._window(tx, queue, "", fetch.limiter)
+            limit = min(limit, fetch.limiter.max - used)
+        if limit <= 0:
+            return []
+
+        # Round robin: serve the least recently served lane, one job per turn.
+        turns: deque[list[Any]] = deque(
+            [lane, active]
+            for lane, _served, active in lanes
+            if not (lane and lane in fetch.exclude_groups)
+        )
+        candidates: dict[str, deque[int]] = {}
+        window_used: dict[str, int] = {}
+        picks: list[tuple[int, str]] = []
+        while turns and len(picks) < limit:
+            entry = turns.popleft()
+            lane, active = entry
+            if lane and fetch.group_concurrency is not None and active >= fetch.group_concurrency:
+                continue
+            if lane and fetch.group_limiter is not None:
+                if lane not in window_used:
+                    window_used[lane] = await self._window(
+                        tx, queue, f"g:{lane}", fetch.group_limiter
+                    )
+                if window_used[lane] >= fetch.group_limiter.max:
+                    continue
+            queue_for_lane = candidates.get(lane)
+            if queue_for_lane is None:
+                queue_for_lane = candidates[lane] = deque(
+                    await self._candidates(tx, queue, lane, fetch, paused, limit - len(picks))
+                )
+            if not queue_for_lane:
+                continue
+            picks.append((queue_for_lane.popleft(), lane))
+            entry[1] += 1
+            if lane in window_used:
+                window_used[lane] += 1
+            turns.append(entry)
+        if not picks:
+            return []
+
+        counters = await tx.queue_counters(queue)
+        tick = counters[1]
+        served: dict[str, int] = {}
+        pks: list[int] = []
+        seqs: list[int] = []
+        tokens: list[str] = []
+        rate_scopes: list[str] = []
+        for pk, lane in picks:
+            seq = await tx.next_seq(queue)
+            pks.append(pk)
+            seqs.append(seq)
+            tokens.append(f"{worker_id}:{seq}")
+            tick += 1
+            served[lane] = tick
+            if fetch.limiter is not None:
+                rate_scopes.append("")
+            if fetch.group_limiter is not None and lane:
+                rate_scopes.append(f"g:{lane}")
+        processed = from_timestamp(now)
+        lock_until = from_timestamp(now + duration)
+        rows = await tx.execute(
+            """UPDATE {jobs} AS j SET state = 'active', seq = v.seq, processed_at = ?,
+                lock_until = ?, locked_by = ?, lock_token = v.token, version = j.version + 1
+            FROM unnest(?::bigint[], ?::bigint[], ?::text[]) WITH ORDINALITY
+                AS v(pk, seq, token, ord)
+            WHERE j.pk = v.pk RETURNING v.ord, j.record""",
+            (processed, lock_until, worker_id, pks, seqs, tokens),
+        )
+        claimed: list[JobData] = []
+        for _ord, record in sorted(rows, key=lambda row: row[0]):
+            job = structure(record, JobData)
+            index = int(_ord) - 1
+            job.state = JobState.ACTIVE
+            job.processed_at = processed
+            job.lock_until = lock_until
+            job.locked_by = worker_id
+            job.lock_token = tokens[index]
+            tx.emit_state(job, JobState.WAITING)
+            claimed.append(job)
+        counters[1] = tick
+        if "" in served:
+            counters[2] = served.pop("")
+        statements: list[tuple[bytes, Sequence[Any]]] = []
+        if served:
+            statements.append(
+                (
+                    self._sql(
+                        """UPDATE {lanes} AS l SET served = v.tick
+                        FROM unnest(?::text[], ?::bigint[]) AS v(lane, tick)
+                        WHERE l.queue = ? AND l.lane = v.lane"""
+                    ),
+                    (list(served), list(served.values()), queue),
+                )
+            )
+        if rate_scopes:
+            statements.append(
+                (
+                    self._sql(
+                        """INSERT INTO {rate} (queue, scope, at)
+                        SELECT ?, s, ? FROM unnest(?::text[]) AS s"""
+                    ),
+                    (queue, processed, rate_scopes),
+                )
+            )
+        if statements:
+            await tx.conn.pipeline(statements)
+        return claimed
+
+    async def _window(self, tx: _Tx, queue: str, scope: str, limiter: Any) -> int:
+        """Claims of a rate window still inside it (older ones are forgotten)."""
+        since = _dt(tx.now - limiter.duration)
+        _deleted, [(count,)] = await tx.conn.pipeline(
+            [
+                (
+                    self._sql("DELETE FROM {rate} WHERE queue = ? AND scope = ? AND at <= ?"),
+                    (queue, scope, since),
+                ),
+                (
+                    self._sql("SELECT count(*) FROM {rate} WHERE queue = ? AND scope = ?"),
+                    (queue, scope),
+                ),
+            ]
+        )
+        return int(count)
+
+    async def _candidates(
+        self,
+        tx: _Tx,
+        queue: str,
+        lane: str,
+        fetch: FetchOptions,
+        paused: set[str],
+        limit: int,
+    ) -> list[int]:
+        """Up to ``limit`` claimable jobs of a lane, in claim order."""
+        where = "queue = ? AND lane = ? AND state = 'waiting'"
+        args: list[Any] = [queue, lane]
+        if fetch.job_name is not None:
+            where += " AND name = ?"
+            args.append(fetch.job_name)
+        elif paused:
+            where += " AND name <> ALL(?::text[])"
+            args.append(sorted(paused))
+        if not fetch.lifo:
+            rows = await tx.execute(
+                f"SELECT pk FROM {{jobs}} WHERE {where} ORDER BY priority, seq LIMIT ?",
+                (*args, limit),
+            )
+            return [row[0] for row in rows]
+        out: list[int] = []
+        priority: int | None = None
+        while len(out) < limit:
+            row = await tx.one(
+                f"SELECT min(priority) FROM {{jobs}} WHERE {where}"
+                + ("" if priority is None else " AND priority > ?"),
+                (*args,) if priority is None else (*args, priority),
+            )
+            if row is None or row[0] is None:
+                break
+            priority = int(row[0])
+            rows = await tx.execute(
+                f"""SELECT pk FROM {{jobs}} WHERE {where} AND priority = ?
+                ORDER BY seq DESC LIMIT ?""",
+                (*args, priority, limit - len(out)),
+            )
+            out.extend(r[0] for r in rows)
+        return out
+
+    async def _held(self, tx: _Tx, queue: str, job_id: str, token: str) -> _Row | None:
+        row = await tx.one(
+            f"""SELECT {_JOB_COLUMNS} FROM {{jobs}}
+            WHERE queue = ? AND id = ? AND state = 'active' AND lock_token = ?""",
+            (queue, job_id, token),
+        )
+        return None if row is None else _load(row)
+
+    async def extend_locks(
+        self, queue_name: str, locks: Mapping[str, str], duration: Duration
+    ) -> dict[str, LockStatus]:
+        check_name(queue_name, "queue_name")
+        if not isinstance(locks, Mapping):
+            raise InvalidArgumentError("locks", "expected a mapping of job id to lock token")
+        for job_id, token in locks.items():
+            check_name(job_id, "locks")
+            check_name(token, f"locks[{job_id!r}]")
+        seconds = check_lock_duration(duration, "duration")
+        ids = list(locks)
+        tokens = [locks[job_id] for job_id in ids]
+
+        async def body(tx: _Tx) -> dict[str, LockStatus]:
+            rows = await tx.execute(
+                """UPDATE {jobs} AS j SET lock_until = ?
+                FROM unnest(?::text[], ?::text[]) AS v(id, token)
+                WHERE j.queue = ? AND j.id = v.id AND j.state = 'active'
+                    AND j.lock_token = v.token
+                RETURNING j.id,
+                    coalesce(j.record->'cancelled_at', 'null'::jsonb) <> 'null'::jsonb""",
+                (_dt(tx.now + seconds), ids, tokens, queue_name),
+            )
+            held: dict[str, bool] = dict(rows)
+            return {
+                job_id: LockStatus.LOST
+                if job_id not in held
+                else (LockStatus.CANCEL_REQUESTED if held[job_id] else LockStatus.EXTENDED)
+                for job_id in ids
+            }
+
+        return await self._write(body)
+
+    async def release_lock(self, queue_name: str, job_id: str, lock_token: str) -> bool:
+        check_name(queue_name, "queue_name")
+        check_name(job_id, "job_id")
+        check_name(lock_token, "lock_token")
+
+        async def body(tx: _Tx) -> bool:
+            row = await self._held(tx, queue_name, job_id, lock_token)
+            if row is None:
+                return False
+            job = row.job
+            tx.record_attempt(job, "released", None, count=False)
+            tx.clear_lock(job)
+            prev = await tx.move(row, JobState.WAITING, head=True)
+            tx.emit_state(job, prev)
+            return True
+
+        return await self._write(body)
+
+    async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[bool]:
+        clean = check_outcomes(outcomes)
+
+        async def body(tx: _Tx) -> list[bool]:
+            return [await self._finish(tx, outcome) for outcome in clean]
+
+        return await self._write(body)
+
+    async def _finish(self, tx: _Tx, outcome: JobOutcome) -> bool:
+        row = await self._held(tx, outcome.queue_name, outcome.job_id, outcome.lock_token)
+        if row is None:
+            return False
+        job = row.job
+        kind = outcome.kind
+        if job.cancelled_at is not None and kind in (OutcomeKind.RETRY, OutcomeKind.DELAY):
+            kind = OutcomeKind.FAILED
+            outcome = attrs.evolve(outcome, failed_reason=outcome.failed_reason or "cancelled")
+        tx.record_attempt(
+            job, kind.value, outcome.failed_reason, count=kind is not OutcomeKind.DELAY
+        )
+        tx.clear_lock(job)
+        if outcome.stacktrace is not None:
+            job.stacktrace.append(outcome.stacktrace)
+        if kind is OutcomeKind.COMPLETED:
+            job.returnvalue = outcome.returnvalue
+            job.completed_at = from_timestamp(tx.now)
+            await tx.move(row, JobState.COMPLETED)
+            tx.emit_state(job, JobState.ACTIVE, returnvalue=copy_json(outcome.returnvalue))
+            await tx.child_completed(job)
+            await tx.apply_removal(row, job.opts.remove_on_complete)
+        elif kind is OutcomeKind.FAILED:
+            await tx.fail(row, outcome.failed_reason or "failed", cancelled=outcome.cancelled)
+        else:
+            if kind is OutcomeKind.RETRY:
+                job.failed_reason = outcome.failed_reason
+            if outcome.delay > 0:
+                job.delay_until = from_timestamp(tx.now + outcome.delay)
+                await tx.move(row, JobState.DELAYED)
+            else:
+                await tx.move(row, JobState.WAITING)
+            tx.emit_state(
+                job, JobState.ACTIVE, failed_reason=job.failed_reason,
+                delay_until=job.delay_until and job.delay_until.isoformat(),
+            )  # fmt: skip
+        return True
+
+    # -- flows -------------------------------------------------------------------------------------
+
+    async def notify_child_completed(
+        self, parent_queue_name: str, parent_id: str
+    ) -> JobState | None:
+        check_name(parent_queue_name, "parent_queue_name")
+        check_name(parent_id, "parent_id")
+        return await self._write(lambda tx: tx.child_done(parent_queue_name, parent_id))
+
+    async def fail_parent_on_child_failure(
+        self, parent_queue_name: str, parent_id: str, reason: str
+    ) -> bool:
+        check_name(parent_queue_name, "parent_queue_name")
+        check_name(parent_id, "parent_id")
+        check_text(reason, "reason")
+
+        async def body(tx: _Tx) -> bool:
+            parent = await tx.find(parent_queue_name, parent_id)
+            return parent is not None and await tx.fail_parent(parent, reason)
+
+        return await self._write(body)
+
+    async def get_children_jobs(self, parent_queue_name: str, parent_id: str) -> list[JobData]:
+        check_name(parent_queue_name, "parent_queue_name")
+        check_name(parent_id, "parent_id")
+
+        async def body(tx: _Tx) -> list[JobData]:
+            return [row.job for row in await self._children(tx, parent_queue_name, parent_id)]
+
+        return await self._read(body)
+
+    # -- stalled jobs ------------------------------------------------------------------------------
+
+    async def _expired(self, tx: _Tx, queue: str) -> list[_Row]:
+        rows = await tx.execute(
+            f"""SELECT {_JOB_COLUMNS} FROM {{jobs}}
+            WHERE queue = ? AND state = 'active' AND lock_until <= ? ORDER BY seq""",
+            (queue, _dt(tx.now)),
+        )
+        return [_load(row) for row in rows]
+
+    async def get_stalled_jobs(self, queue_name: str) -> list[JobData]:
+        check_name(queue_name, "queue_name")
+
+        async def body(tx: _Tx) -> list[JobData]:
+            return [row.job for row in await self._expired(tx, queue_name)]
+
+        return await self._read(body)
+
+    async def recover_stalled_jobs(self, queue_name: str, max_stalled_count: int) -> list[JobData]:
+        check_name(queue_name, "queue_name")
+        check_int(max_stalled_count, "max_stalled_count", minimum=0)
+
+        async def body(tx: _Tx) -> list[JobData]:
+            out = []
+            for row in await self._expired(tx, queue_name):
+                job = row.job
+                job.stalled_count += 1
+                tx.record_attempt(job, "stalled", None, count=False)
+                tx.emit(queue_name, EventType.STALLED, job.id, stalled_count=job.stalled_count)
+                if job.cancelled_at is not None:
+                    await tx.fail(row, "cancelled", cancelled=True)
+                elif job.stalled_count > max_stalled_count:
+                    await tx.fail(row, "job stalled more than allowable limit", cancelled=False)
+                else:
+                    tx.clear_lock(job)
+                    prev = await tx.move(row, JobState.WAITING, head=True)
+                    tx.emit_state(job, prev)
+                out.append(job)
+            return out
+
+        return await self._write(body)
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    async def list_jobs(
+        self, queue_name: str, state: JobState, start: int = 0, end: int = 100
+    ) -> list[JobData]:
+        check_name(queue_name, "queue_name")
+        state = JobState.parse(state)
+        check_int(start, "start", minimum=0)
+        check_int(end, "end", minimum=-1)
+        order = {
+            JobState.WAITING: "priority, seq",
+            JobState.DELAYED: "delay_until, seq",
+            JobState.COMPLETED: "seq DESC",
+            JobState.FAILED: "seq DESC",
+        }.get(state, "seq")
+        count = None if end == -1 else max(end - start + 1, 0)
+
+        async def body(tx: _Tx) -> list[JobData]:
+            rows = await tx.execute(
+                f"""SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE queue = ? AND state = ?
+                ORDER BY {order} LIMIT ? OFFSET ?""",
+                (queue_name, state.value, count, start),
+            )
+            return [_load(row).job for row in rows]
+
+        return await self._read(body)
+
+    async def _count(self, tx: _Tx, queue: str, state: JobState) -> int:
+        row = await tx.one(
+            "SELECT count(*) FROM {jobs} WHERE queue = ? AND state = ?", (queue, state.value)
+        )
+        assert row is not None
+        return int(row[0])
+
+    async def count_jobs(self, queue_name: str, state: JobState) -> int:
+        check_name(queue_name, "queue_name")
+        state = JobState.parse(state)
+        return await self._read(lambda tx: self._count(tx, queue_name, state))
+
+    async def get_job_counts(self, queue_name: str) -> dict[JobState, int]:
+        check_name(queue_name, "queue_name")
+
+        async def body(tx: _Tx) -> dict[JobState, int]:
+            rows = await tx.execute(
+                "SELECT state, count(*) FROM {jobs} WHERE queue = ? GROUP BY state", (queue_name,)
+            )
+            found = {str(state): int(count) for state, count in rows}
+            return {state: found.get(state.value, 0) for state in JobState}
+
+        return await self._read(body)
+
+    async def get_next_delayed_timestamp(self, queue_name: str) -> datetime | None:
+        check_name(queue_name, "queue_name")
+
+        async def body(tx: _Tx) -> datetime | None:
+            row = await tx.one(
+                """SELECT delay_until FROM {jobs} WHERE queue = ? AND state = 'delayed'
+                ORDER BY delay_until LIMIT 1""",
+                (queue_name,),
+            )
+            return None if row is None else row[0]
+
+        return await self._read(body)
+
+    async def list_queues(self) -> list[str]:
+        async def body(tx: _Tx) -> list[str]:
+            # Distinct queue names by index seeks, one per queue (not a scan of every job).
+            rows = await tx.execute(
+                """WITH RECURSIVE names(name) AS (
+                    SELECT min(queue) FROM {jobs}
+                    UNION ALL
+                    SELECT (SELECT min(queue) FROM {jobs} WHERE queue > names.name)
+                    FROM names WHERE names.name IS NOT NULL
+                )
+                SELECT name FROM (
+                    SELECT name FROM names WHERE name IS NOT NULL
+                    UNION SELECT queue FROM {paused}
+                ) AS all_names ORDER BY name COLLATE "C"
+                """
+            )
+            return [str(row[0]) for row in rows]
+
+        return await self._read(body)
+
+    async def _lane_count(self, queue_name: str, group_id: str, column: str) -> int:
+        check_name(queue_name, "queue_name")
+        check_name(group_id, "group_id")
+
+        async def body(tx: _Tx) -> int:
+            row = await tx.one(
+                f"SELECT {column} FROM {{lanes}} WHERE queue = ? AND lane = ?",
+                (queue_name, group_id),
+            )
+            return 0 if row is None else int(row[0])
+
+        return await self._read(body)
+
+    async def get_group_active_count(self, queue_name: str, group_id: str) -> int:
+        return await self._lane_count(queue_name, group_id, "active")
+
+    async def get_waiting_group_count(self, queue_name: str, group_id: str) -> int:
+        return await self._lane_count(queue_name, group_id, "waiting")
+
+    async def get_metrics(
+        self,
+        queue_name: str,
+        kind: MetricKind,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> Metrics:
+        check_name(queue_name, "queue_name")
+        kind, first, last = check_metrics_query(kind, start, end)
+        column = "completed" if kind is MetricKind.COMPLETED else "failed"
+
+        async def body(tx: _Tx) -> Metrics:
+            total = await tx.one(f"SELECT {column} FROM {{queues}} WHERE name = ?", (queue_name,))
+            oldest = int(tx.now // 60) - self._metrics_minutes
+            rows = await tx.execute(
+                """SELECT minute, count FROM {metrics}
+                WHERE queue = ? AND kind = ? AND minute >= ? ORDER BY minute""",
+                (queue_name, kind.value, oldest),
+            )
+            buckets = [
+                MetricsBucket(from_timestamp(minute * 60), int(count))
+                for minute, count in rows
+                if first <= minute <= last
+            ]
+            return Metrics(kind, 0 if total is None else int(total[0]), buckets)
+
+        return await self._read(body)
+
+    # -- delays ------------------------------------------------------------------------------------
+
+    async def promote_delayed_jobs(self, queue_name: str) -> int:
+        check_name(queue_name, "queue_name")
+        return await self._write(lambda tx: self._promote(tx, queue_name, due=True))
+
+    async def promote_jobs(self, queue_name: str) -> int:
+        check_name(queue_name, "queue_name")
+        return await self._write(lambda tx: self._promote(tx, queue_name, due=False))
+
+    async def _promote(self, tx: _Tx, queue: str, *, due: bool) -> int:
+        rows = await tx.execute(
+            f"""SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE queue = ? AND state = 'delayed'
+            {"AND delay_until <= ?" if due else ""} ORDER BY delay_until, seq""",
+            (queue, _dt(tx.now)) if due else (queue,),
+        )
+        for raw in rows:
+            row = _load(raw)
+            row.job.delay_until = None
+            prev = await tx.move(row, JobState.WAITING)
+            tx.emit_state(row.job, prev)
+        return len(rows)
+
+    # -- pause / resume ----------------------------------------------------------------------------
+
+    async def pause_job_name(self, queue_name: str, job_name: str) -> None:
+        check_name(queue_name, "queue_name")
+        check_name(job_name, "job_name")
+
+        async def body(tx: _Tx) -> None:
+            await tx.conn.pipeline(
+                [
+                    (
+                        self._sql(
+                            """INSERT INTO {paused} (queue, name) VALUES (?, ?)
+                            ON CONFLICT DO NOTHING"""
+                        ),
+                        (queue_name, job_name),
+                    ),
+                    (
+                        self._sql(
+                            """INSERT INTO {queues} (name) VALUES (?)
+                            ON CONFLICT (name) DO UPDATE SET live = 1"""
+                        ),
+                        (queue_name,),
+                    ),
+                ]
+            )
+            tx.emit(queue_name, EventType.PAUSED, None, job_name=job_name)
+
+        await self._write(body)
+
+    async def resume_job_name(self, queue_name: str, job_name: str) -> None:
+        check_name(queue_name, "queue_name")
+        check_name(job_name, "job_name")
+
+        async def body(tx: _Tx) -> None:
+            await tx.execute(
+                "DELETE FROM {paused} WHERE queue = ? AND name = ?", (queue_name, job_name)
+            )
+            tx.emit(queue_name, EventType.RESUMED, None, job_name=job_name)
+
+        await self._write(body)
+
+    async def get_paused_job_names(self, queue_name: str) -> list[str]:
+        check_name(queue_name, "queue_name")
+
+        async def body(tx: _Tx) -> list[str]:
+            rows = await tx.execute(
+                'SELECT name FROM {paused} WHERE queue = ? ORDER BY name COLLATE "C"',
+                (queue_name,),
+            )
+            return [str(row[0]) for row in rows]
+
+        return await self._read(body)
+
+    # -- maintenance -------------------------------------------------------------------------------
+
+    async def clean(
+        self, queue_name: str, state: JobState, grace: Duration, limit: int | None = None
+    ) -> int:
+        check_name(queue_name, "queue_name")
+        state = JobState.parse(state)
+        if state is JobState.ACTIVE:
+            raise InvalidArgumentError("state", "active jobs cannot be cleaned")
+        seconds = parse_duration(grace, "grace")
+        if limit is not None:
+            check_int(limit, "limit", minimum=1)
+
+        async def body(tx: _Tx) -> int:
+            cutoff = _dt(tx.now - seconds)
+            if state in TERMINAL_STATES:
+                where, order = "finished_at <= ?", "seq"
+            else:
+                where = "created_at <= ?"
+                order = {
+                    JobState.WAITING: "created_at, priority, seq",
+                    JobState.DELAYED: "created_at, delay_until, seq",
+                }.get(state, "created_at, seq")
+            rows = await tx.execute(
+                f"""SELECT {_JOB_COLUMNS} FROM {{jobs}}
+                WHERE queue = ? AND state = ? AND {where} ORDER BY {order} LIMIT ?""",
+                (queue_name, state.value, cutoff, limit),
+            )
+            for raw in rows:
+                await tx.delete(_load(raw))
+            tx.emit(queue_name, EventType.CLEANED, None, state=state.value, count=len(rows))
+            return len(rows)
+
+        return await self._write(body)
+
+    async def drain(self, queue_name: str) -> int:
+        check_name(queue_name, "queue_name")
+
+        async def body(tx: _Tx) -> int:
+            rows = await tx.execute(
+                f"""SELECT {_JOB_COLUMNS} FROM {{jobs}}
+                WHERE queue = ? AND state IN ('waiting', 'delayed')""",
+                (queue_name,),
+            )
+            for raw in rows:
+                await tx.delete(_load(raw))
+            tx.emit(queue_name, EventType.DRAINED, None, count=len(rows))
+            return len(rows)
+
+        return await self._write(body)
+
+    async def obliterate(self, queue_name: str, *, force: bool = False) -> None:
+        check_name(queue_name, "queue_name")
+
+        async def body(tx: _Tx) -> None:
+            active = await self._count(tx, queue_name, JobState.ACTIVE)
+            if active and not force:
+                raise InvalidJobStateError(
+                    f"queue {queue_name!r} has {active} active jobs; pass force=True to remove "
+                    "it anyway"
+                )
+            exists = await tx.one(
+                "SELECT 1 FROM {queues} WHERE name = ? AND live = 1 UNION ALL "
+                "SELECT 1 FROM {paused} WHERE queue = ? LIMIT 1",
+                (queue_name, queue_name),
+            )
+            if exists is None:
+                return
+            rows = await tx.execute(
+                f"""SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE queue = ?
+                AND parent_id IS NOT NULL AND parent_queue <> ?
+                AND state NOT IN ('completed', 'failed')""",
+                (queue_name, queue_name),
+            )
+            await tx.execute("DELETE FROM {jobs} WHERE queue = ?", (queue_name,))
+            for raw in rows:
+                row = _load(raw)
+                parent_queue, parent_id = row.job.parent_queue_name, row.job.parent_id
+                if parent_queue is not None and parent_id is not None:
+                    await tx.child_done(parent_queue, parent_id)
+            await tx.conn.pipeline(
+                [
+                    (self._sql(f"DELETE FROM {{{table}}} WHERE queue = ?"), (queue_name,))
+                    for table in ("paused", "lanes", "rate", "metrics")
+                ]
+            )
+            # The row stays for its sequence: lock tokens of the queue never repeat.
+            await tx.execute(
+                """UPDATE {queues} SET live = 0, tick = 0, plain_served = 0,
+                    completed = 0, failed = 0 WHERE name = ?""",
+                (queue_name,),
+            )
+            counters = tx.counters.get(queue_name)
+            if counters is not None:
+                counters[1:] = [0, 0, 0, 0]
+            tx.emit(queue_name, EventType.OBLITERATED, None)
+
+        await self._write(body)
+
+    async def retry_jobs(self, queue_name: str, state: JobState = JobState.FAILED) -> int:
+        check_name(queue_name, "queue_name")
+        state = JobState.parse(state)
+        if state not in TERMINAL_STATES:
+            raise InvalidArgumentError("state", "only failed or completed jobs can be retried")
+
+        async def body(tx: _Tx) -> int:
+            rows = await tx.execute(
+                f"""SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE queue = ? AND state = ?
+                ORDER BY seq""",
+                (queue_name, state.value),
+            )
+            for raw in rows:
+                row = _load(raw)
+                job = row.job
+                job.attempts_made = 0
+                job.stalled_count = 0
+                job.failed_reason = None
+                job.returnvalue = None
+                job.processed_at = job.completed_at = job.failed_at = job.cancelled_at = None
+                job.discarded = False
+                prev = await tx.move(row, JobState.WAITING)
+                tx.emit_state(job, prev)
+            return len(rows)
+
+        return await self._write(body)
+
+    async def truncate_all(self) -> None:
+        """Remove every job, queue, paused name and metric of this schema. For tests."""
+
+        async def body(tx: _Tx) -> None:
+            await tx.execute("TRUNCATE {jobs}, {lanes}, {queues}, {paused}, {rate}, {metrics}")
+
+        await self._write(body)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def _start_listening(self) -> None:
+        if self._listener is None and self._listen and self._token is not None:
+            self._listener = _Listener(
+                self._conninfo, self._channel, self._origin, self._token, self._deliver_foreign
+            )
+
+    def _subscribed(self) -> None:
+        if self._lifecycle is Lifecycle.CONNECTED:
+            self._start_listening()
+
+    async def publish(self, event: StoreEvent) -> None:
+        clean = check_event(event)
+
+        async def body(tx: _Tx) -> None:
+            tx.publish(clean)
+
+        await self._write(body)
+
+    def _deliver_foreign(self, events: list[StoreEvent]) -> None:
+        if self._lifecycle is Lifecycle.CONNECTED:
+            self._deliver(events)
