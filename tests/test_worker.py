@@ -679,3 +679,45 @@ async def test_sync_processor_reports_progress_through_from_thread(
         async with open_worker("q", work, store=fx.store, **FAST):
             assert await job.wait_until_finished(timeout=10) == "done"
         assert (await job.refresh()).progress == 70
+
+
+class _Unreachable(conveyor_stores.memory.MemoryStore):
+    """A MemoryStore whose claims and outcome writes fail the first few times, as a store
+    whose server restarts would."""
+
+    def __init__(self, fetch_failures: int, finish_failures: int) -> None:
+        super().__init__()
+        self.fetch_failures = fetch_failures
+        self.finish_failures = finish_failures
+
+    async def fetch_next_jobs(self, *args: Any, **kwargs: Any) -> list[conveyor.JobData]:
+        if self.fetch_failures:
+            self.fetch_failures -= 1
+            raise conveyor.StoreError("connection lost (test)")
+        return await super().fetch_next_jobs(*args, **kwargs)
+
+    async def finish_jobs(self, outcomes: Any) -> list[bool]:
+        if self.finish_failures:
+            self.finish_failures -= 1
+            raise conveyor.StoreError("connection lost (test)")
+        return await super().finish_jobs(outcomes)
+
+
+async def test_a_worker_rides_out_an_unreachable_store(anyio_backend: str) -> None:
+    async with _Unreachable(fetch_failures=3, finish_failures=2) as store:
+        queue = Queue("q", store=store)
+        jobs = [await queue.add("work", {"n": n}) for n in range(5)]
+        errors: list[StoreEvent] = []
+
+        async def work(job: Job) -> int:
+            return int(job.data["n"])
+
+        async with open_worker("q", work, store=store, **FAST) as worker:
+            worker.events.on("error", errors.append)
+            for job in jobs:
+                assert await job.wait_until_finished(timeout=30) == job.data["n"]
+        assert (store.fetch_failures, store.finish_failures) == (0, 0)
+        assert any("fetching jobs failed" in e.data["message"] for e in errors)
+        for job in jobs:
+            await job.refresh()
+            assert (job.state, job.attempts_made) == (JobState.COMPLETED, 1)

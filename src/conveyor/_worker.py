@@ -34,6 +34,7 @@ import importlib
 import inspect
 import logging
 import math
+import random
 import traceback
 import uuid
 from collections import deque
@@ -63,6 +64,7 @@ from .store import (
     OutcomeKind,
     SerializationError,
     Store,
+    StoreError,
     StoreEvent,
     check_int,
     check_job_name,
@@ -72,6 +74,10 @@ from .store import (
 )
 
 __all__ = ["Batch", "BatchResult", "GroupLimits", "Processor", "Worker", "open_worker"]
+
+_FIRST_BACKOFF = 0.05
+_MAX_BACKOFF = 5.0
+"""Seconds between attempts when the store cannot be reached (doubling, jittered)."""
 
 log = logging.getLogger("conveyor.worker")
 
@@ -288,10 +294,23 @@ class Worker:
             done.set()
 
     async def _fetch_until_closed(self) -> None:
+        backoff = 0.0
         while not self._closing:
             claimed_any = False
             while self._units < self._concurrency and not self._paused and not self._closing:
-                claimed = await self._claim(self._concurrency - self._units)
+                try:
+                    claimed = await self._claim(self._concurrency - self._units)
+                except StoreError as exc:
+                    # The store is unreachable (a lost connection, a restarting server): say
+                    # so, wait, try again; running jobs go on meanwhile.
+                    backoff = min(max(backoff * 2, _FIRST_BACKOFF), _MAX_BACKOFF)
+                    log.warning("worker %s: fetching jobs failed: %s", self.id, exc)
+                    self._emit(EventType.ERROR, message=f"fetching jobs failed: {exc}")
+                    with anyio.move_on_after(random.uniform(backoff / 2, backoff)):
+                        while not self._closing:
+                            await self._sleep()
+                    break
+                backoff = 0.0
                 if not claimed:
                     break
                 for entries in claimed:
@@ -553,11 +572,26 @@ class Worker:
 
     async def _flush_outcomes(self) -> None:
         flush, self._flush = self._flush, _Flush()
-        try:
-            with anyio.CancelScope(shield=True):
-                flush.results = await self._store.finish_jobs(flush.outcomes)
-        except Exception as exc:
-            flush.error = exc
+        # A store that cannot be reached gets asked again, with backoff, while the jobs' locks
+        # would still hold; past that, other workers take the jobs back as stalled anyway.
+        # (Asking again is safe: an outcome applies only while its lock token holds the job.)
+        give_up = anyio.current_time() + self._lock_duration
+        backoff = _FIRST_BACKOFF
+        with anyio.CancelScope(shield=True):
+            while True:
+                try:
+                    flush.results = await self._store.finish_jobs(flush.outcomes)
+                except StoreError as exc:
+                    if anyio.current_time() + backoff >= give_up:
+                        flush.error = exc
+                        break
+                    log.warning("worker %s: recording outcomes failed, retrying: %s", self.id, exc)
+                    await anyio.sleep(random.uniform(backoff / 2, backoff))
+                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                    continue
+                except Exception as exc:
+                    flush.error = exc
+                break
         flush.done.set()
 
     def _announce(self, outcome: JobOutcome, applied: bool) -> None:
