@@ -1,109 +1,36 @@
 """SqliteStore shared by several processes on one file: exactly-once claims, crash recovery,
-cross-process wake-ups. Each worker is a real process (tests/sqlite_process.py)."""
+cross-process wake-ups. Each worker is a real process (tests/worker_process.py)."""
 
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
 import pytest
 
-from conveyor import JobState, Queue, StoreEvent
+from conveyor import JobState, Queue
 from conveyor_stores.sqlite import SqliteStore
+
+from .processes import Watch, completions, workers
 
 pytestmark = pytest.mark.anyio
 
-WORKER = Path(__file__).with_name("sqlite_process.py")
 
-
-class Workers:
-    def __init__(self, db: Path, tmp: Path) -> None:
-        self.db = db
-        self.tmp = tmp
-        self.procs: list[tuple[subprocess.Popen[str], Path]] = []
-
-    def start(self, name: str, *options: str, backend: str = "asyncio") -> Path:
-        out = self.tmp / f"{name}.out"
-        proc = subprocess.Popen(
-            [sys.executable, WORKER, self.db, "q", out, "--backend", backend, *options],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.procs.append((proc, out))
-        return out
-
-    def stop_all(self) -> list[tuple[int, str]]:
-        """SIGTERM every live worker; return (exit code, stderr) of each."""
-        results = []
-        for proc, _out in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            _stdout, stderr = proc.communicate(timeout=60)
-            results.append((proc.returncode, stderr))
-        return results
-
-
-@contextmanager
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    group = Workers(tmp_path / "jobs.db", tmp_path)
-    try:
-        yield group
-    finally:
-        for proc, _out in group.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-
-
-class Watch:
-    """Events of the queue from every process (the store reads them from the file)."""
-
-    def __init__(self, store: SqliteStore) -> None:
-        self.events: list[StoreEvent] = []
-        self._changed = anyio.Event()
-        store.subscribe("q", self._on_event)
-
-    def _on_event(self, event: StoreEvent) -> None:
-        self.events.append(event)
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    def count(self, type_: str) -> int:
-        return sum(1 for e in self.events if e.type == type_)
-
-    def of(self, type_: str) -> list[StoreEvent]:
-        return [e for e in self.events if e.type == type_]
-
-    async def until(self, condition: Callable[[], bool]) -> None:
-        """Wait (under the caller's ``fail_after``) until ``condition()`` holds."""
-        while not condition():
-            await self._changed.wait()
-
-
-async def completions(outs: list[Path]) -> list[list[str]]:
-    lines: list[list[str]] = []
-    for out in outs:
-        path = anyio.Path(out)
-        if await path.exists():
-            text = await path.read_text()
-            lines.extend(line.split(" ", 3) for line in text.splitlines())
-    return lines
+def _db(tmp_path: Path) -> tuple[Path, str]:
+    db = tmp_path / "jobs.db"
+    return db, f"sqlite:///{db}"
 
 
 async def test_four_processes_complete_every_job_exactly_once(
     tmp_path: Path, anyio_backend: str
 ) -> None:
     total = 5000
-    with workers(tmp_path) as group:
-        async with SqliteStore(group.db) as store:
+    db, url = _db(tmp_path)
+    with workers(url, tmp_path) as group:
+        async with SqliteStore(db) as store:
             watch = Watch(store)
             queue = Queue("q", store=store)
             outs = [group.start(f"w{i}", backend="trio" if i % 2 else "asyncio") for i in range(4)]
@@ -133,8 +60,9 @@ async def test_sigkilled_worker_job_is_recovered_by_another(
     tmp_path: Path, anyio_backend: str
 ) -> None:
     fast = ["--lock-duration", "1", "--stalled-interval", "0.2", "--poll-interval", "0.5"]
-    with workers(tmp_path) as group:
-        async with SqliteStore(group.db) as store:
+    db, url = _db(tmp_path)
+    with workers(url, tmp_path) as group:
+        async with SqliteStore(db) as store:
             watch = Watch(store)
             queue = Queue("q", store=store)
             victim = await queue.add("victim", "v")
@@ -166,8 +94,9 @@ async def test_adding_a_job_wakes_a_worker_in_another_process(
     tmp_path: Path, anyio_backend: str
 ) -> None:
     # poll_interval 60 s: only the event from this process can wake the worker in time.
-    with workers(tmp_path) as group:
-        async with SqliteStore(group.db) as store:
+    db, url = _db(tmp_path)
+    with workers(url, tmp_path) as group:
+        async with SqliteStore(db) as store:
             watch = Watch(store)
             queue = Queue("q", store=store)
             out = group.start("idle", "--poll-interval", "60", "--concurrency", "1")

@@ -1,12 +1,12 @@
-"""A worker process on a shared SQLite file, for tests/test_sqlite_processes.py.
+"""A worker process on a shared store, for the multi-process tests (tests/processes.py).
 
-    python tests/sqlite_process.py DB QUEUE OUT [--concurrency N] [--hang NAME]
-        [--lock-duration S] [--stalled-interval S] [--poll-interval S]
+    python tests/worker_process.py STORE_URL QUEUE OUT [--concurrency N] [--hang NAME]
+        [--lock-duration S] [--stalled-interval S] [--poll-interval S] [--allow-errors]
 
 Runs a worker until SIGTERM or SIGINT, then stops gracefully and exits 0, or 3 if the worker
-reported any error (a "database is locked" among them). Each job it completes appends a line
-``<job id> <pid> <start time> <data>`` to OUT. A job named ``--hang`` writes ``OUT.hung``
-and then never finishes (for the SIGKILL test). The process tells the test through the store's
+reported any error (a "database is locked" among them) and ``--allow-errors`` is not given.
+Each job it completes appends a line ``<job id> <pid> <start time> <data>`` to OUT. A job named
+``--hang`` never finishes (for the SIGKILL test). The process tells the test through the store's
 events, which cross processes: ``test-ready`` once its worker runs, ``test-hung`` for a hung job.
 """
 
@@ -22,8 +22,7 @@ from pathlib import Path
 
 import anyio
 
-from conveyor import Job, StoreEvent, open_worker
-from conveyor_stores.sqlite import SqliteStore
+from conveyor import Job, StoreEvent, open_store, open_worker
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -44,7 +43,7 @@ async def main(args: argparse.Namespace) -> int:
         errors.append(repr(event.data))
         print(f"worker error: {event.data}", file=sys.stderr, flush=True)
 
-    async with SqliteStore(args.db) as store:
+    async with open_store(args.store) as store:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with open_worker(
                 args.queue,
@@ -59,12 +58,12 @@ async def main(args: argparse.Namespace) -> int:
                 await store.publish(StoreEvent("test-ready", args.queue, None, {}))
                 async for _signal in signals:
                     break
-    return 3 if errors else 0
+    return 3 if errors and not args.allow_errors else 0
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("db")
+    parser.add_argument("store")
     parser.add_argument("queue")
     parser.add_argument("out")
     parser.add_argument("--concurrency", type=int, default=10)
@@ -73,5 +72,6 @@ if __name__ == "__main__":
     parser.add_argument("--stalled-interval", type=float, default=30.0)
     parser.add_argument("--poll-interval", type=float, default=5.0)
     parser.add_argument("--backend", default="asyncio")
+    parser.add_argument("--allow-errors", action="store_true")
     parsed = parser.parse_args()
     sys.exit(anyio.run(main, parsed, backend=parsed.backend))

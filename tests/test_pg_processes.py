@@ -1,0 +1,142 @@
+"""PgStore shared by worker processes: exactly-once claims, crash recovery, a server restart.
+Each worker is a real process (tests/worker_process.py); they and the test share one schema."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import pytest
+
+from conveyor import JobState, Queue
+from conveyor_stores.postgres import PgStore
+
+from .pg import server_dsn
+from .processes import Watch, completions, workers
+
+pytestmark = pytest.mark.anyio
+
+
+async def _fresh(pg_dsn: str, schema: str) -> str:
+    """The URL of an emptied schema of the test database."""
+    async with PgStore(pg_dsn, schema=schema) as store:
+        await store.truncate_all()
+    return pg_dsn + ("&" if "?" in pg_dsn else "?") + f"schema={schema}"
+
+
+async def test_four_processes_complete_every_job_exactly_once(
+    pg_dsn: str, tmp_path: Path, anyio_backend: str
+) -> None:
+    total = 10_000
+    url = await _fresh(pg_dsn, f"four_{anyio_backend}")
+    with workers(url, tmp_path) as group:
+        async with PgStore(pg_dsn, schema=f"four_{anyio_backend}") as store:
+            watch = Watch(store)
+            queue = Queue("q", store=store)
+            outs = [group.start(f"w{i}", backend="trio" if i % 2 else "asyncio") for i in range(4)]
+            with anyio.fail_after(60):
+                await watch.until(lambda: watch.count("test-ready") == 4)
+            for start in range(0, total, 500):  # added while the workers run
+                await queue.add_bulk([("n", n, {}) for n in range(start, start + 500)])
+            with anyio.fail_after(600):
+                await watch.until(lambda: watch.count("completed") >= total)
+            counts = await queue.get_job_counts()
+        results = group.stop_all()
+    assert [code for code, _ in results] == [0, 0, 0, 0], results
+    lines = await completions(outs)
+    by_id = Counter(line[0] for line in lines)
+    assert len(by_id) == total
+    assert set(by_id.values()) == {1}, "a job ran twice"
+    assert sorted(int(line[3]) for line in lines) == list(range(total))
+    assert len({line[1] for line in lines}) == 4, "every process took part"
+    assert counts[JobState.COMPLETED] == total
+    assert counts[JobState.WAITING] == counts[JobState.ACTIVE] == counts[JobState.FAILED] == 0
+
+
+async def test_sigkilled_worker_job_is_recovered_by_another(
+    pg_dsn: str, tmp_path: Path, anyio_backend: str
+) -> None:
+    fast = ["--lock-duration", "1", "--stalled-interval", "0.2", "--poll-interval", "0.5"]
+    schema = f"kill_{anyio_backend}"
+    url = await _fresh(pg_dsn, schema)
+    with workers(url, tmp_path) as group:
+        async with PgStore(pg_dsn, schema=schema) as store:
+            watch = Watch(store)
+            queue = Queue("q", store=store)
+            victim = await queue.add("victim", "v")
+            await queue.add_bulk([("n", n, {}) for n in range(20)])
+            doomed = group.start("doomed", "--hang", "victim", "--concurrency", "1", *fast)
+            with anyio.fail_after(60):
+                await watch.until(lambda: watch.count("test-hung") == 1)
+            group.procs[0][0].send_signal(signal.SIGKILL)
+            group.procs[0][0].wait()
+            survivor = group.start("survivor", *fast)
+            with anyio.fail_after(60):
+                await watch.until(lambda: watch.count("completed") == 21)
+            found = await queue.get_job(victim.id)
+            assert found is not None
+            job = found.record
+            assert (job.state, job.stalled_count, job.attempts_made) == (JobState.COMPLETED, 1, 1)
+            assert [a.outcome for a in job.attempt_logs] == ["stalled", "completed"]
+        results = group.stop_all()
+    assert results[1][0] == 0, results[1]
+    lines = await completions([doomed, survivor])
+    assert Counter(line[0] for line in lines)[victim.id] == 1
+    assert len(lines) == 21
+
+
+def _restart_command() -> list[str] | None:
+    """How to restart the test server, when it is this machine's own cluster."""
+    if "127.0.0.1" not in server_dsn() and "localhost" not in server_dsn():
+        return None
+    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
+        return None
+    versions = sorted(p.name for p in Path("/etc/postgresql").iterdir())
+    if not versions:
+        return None
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "restart"]
+
+
+async def test_workers_ride_out_a_server_restart(
+    pg_dsn: str, tmp_path: Path, anyio_backend: str
+) -> None:
+    command = _restart_command()
+    if command is None:
+        pytest.skip("the test server is not this machine's own cluster: cannot restart it")
+    total = 2000
+    schema = f"restart_{anyio_backend}"
+    url = await _fresh(pg_dsn, schema)
+    with workers(url, tmp_path) as group:
+        async with PgStore(pg_dsn, schema=schema) as store:
+            queue = Queue("q", store=store)
+            await queue.add_bulk([("n", n, {}) for n in range(total)])
+            # The workers report the connection errors they ride out: allowed here.
+            options = ["--allow-errors", "--poll-interval", "0.5"]
+            outs = [group.start("w0", *options), group.start("w1", *options, backend="trio")]
+            with anyio.fail_after(120):
+                while True:  # the workers' own record of what they ran: polled
+                    if len(await completions(outs)) >= total // 10:
+                        break
+                    await anyio.sleep(0.05)
+            done = await anyio.to_thread.run_sync(
+                lambda: subprocess.run(command, capture_output=True, text=True, timeout=120)
+            )
+            assert done.returncode == 0, done.stderr
+        # The test's own store lost its connections in the restart: use a fresh one.
+        async with PgStore(pg_dsn, schema=schema) as store:
+            queue = Queue("q", store=store)
+            with anyio.fail_after(300):
+                while True:  # the database's state: polled
+                    if await queue.count(JobState.COMPLETED) >= total:
+                        break
+                    await anyio.sleep(0.1)
+            counts = await queue.get_job_counts()
+        results = group.stop_all()
+    assert [code for code, _ in results] == [0, 0], results
+    assert counts[JobState.COMPLETED] == total
+    lines = await completions(outs)
+    assert {int(line[3]) for line in lines} == set(range(total)), "a job was lost"
