@@ -454,6 +454,29 @@ async def check_names_are_only_data(fx: StoreFixture) -> None:
     expect_eq(await fx.store.count_jobs(queue, JobState.COMPLETED), 1, "count")
 
 
+_NUMBERS = {"huge": 1e300, "tiny": 5e-324, "third": 1 / 3, "tenth": 0.1, "whole": 2.0,
+            "big": 2**70, "negative": -(2**63), "zero": 0}  # fmt: skip
+
+
+@_check
+async def check_numbers_read_back_exactly(fx: StoreFixture) -> None:
+    """Data, progress and return values keep every number exactly, float or int: a float
+    with an exponent stays a float, a big int stays an int."""
+    await fx.store.save_job(make_job("q", "n", dict(_NUMBERS), job_id="numbers"))
+    stored = await fx.store.get_job("q", "numbers")
+    assert stored is not None
+    for key, value in _NUMBERS.items():
+        got = stored.data[key]
+        expect((type(got), got) == (type(value), value), f"data[{key!r}]: {got!r} != {value!r}")
+    [job] = await claim(fx.store)
+    await fx.store.update_job("q", job.id, {"progress": dict(_NUMBERS)})
+    await fx.store.finish_jobs([JobOutcome.completed(job, [1e300, 2**70])])
+    done = await _get(fx, job)
+    expect_eq(done.progress, _NUMBERS, "progress")
+    expect_eq([type(v) for v in done.returnvalue], [float, int], "return value types")
+    expect_eq(done.returnvalue, [1e300, 2**70], "return value")
+
+
 @_check
 async def check_extend_lock(fx: StoreFixture) -> None:
     """extend_lock moves lock_until with the right token and refuses a wrong one."""

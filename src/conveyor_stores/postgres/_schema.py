@@ -8,9 +8,11 @@ wait for the lock, then find the work done.
 
 Tables (the same shape as the SQLite store's; see ``conveyor_stores/sqlite/_schema.py``):
 
-* ``conveyor_jobs``: one row per job; ``record`` is the job as the converter's JSON (JSONB),
-  minus the claim fields, which live in columns; the other columns are copies of what queries
-  filter and sort on. Times are ``timestamptz``; ``seq`` orders a job within its state.
+* ``conveyor_jobs``: one row per job; ``record`` is the job as the converter's JSON, minus the
+  claim fields, which live in columns; the other columns are copies of what queries filter and
+  sort on. Times are ``timestamptz``; ``seq`` orders a job within its state. ``record`` is
+  ``json``, not ``jsonb``: ``jsonb`` keeps numbers as ``numeric``, so a float such as ``1e300``
+  would read back as an int; ``json`` keeps the text exactly as written.
 * ``conveyor_lanes``: per queue and group, when it was last served and how many of its jobs
   are waiting, active and queued, kept by a trigger (jobs without a group skip it).
 * ``conveyor_queues``: one row of counters per queue (sequence, round-robin tick, totals).
@@ -57,7 +59,7 @@ CREATE TABLE {jobs} (
     parent_queue text,
     parent_id text,
     version bigint NOT NULL DEFAULT 0,
-    record jsonb NOT NULL
+    record json NOT NULL
 );
 CREATE UNIQUE INDEX conveyor_jobs_key ON {jobs} (id, queue);
 CREATE INDEX conveyor_jobs_claim ON {jobs} (queue, lane, priority, seq)

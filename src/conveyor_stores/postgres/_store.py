@@ -13,6 +13,7 @@ How it runs:
 * Time is the database server's clock (``clock_timestamp()``, read once per transaction, in
   the round trip that begins it): hosts' clocks may drift, lock expiry and delays do not.
   Tests pass a :class:`~conveyor.store.ManualClock` instead.
+* Job records are ``json`` (the text as written; ``jsonb`` would turn ``1e300`` into an int).
 * Events: each write transaction publishes its events with ``NOTIFY`` (delivered at commit,
   in commit order, payloads kept under PostgreSQL's 8,000 bytes); a listener thread per store
   delivers other processes' events to this store's subscribers while it has any. With
@@ -290,7 +291,7 @@ class _Tx:
             """UPDATE {jobs} SET name = ?, state = ?, lane = ?, priority = ?,
                 seq = coalesce(?::bigint, seq), processed_at = ?, delay_until = ?, lock_until = ?,
                 locked_by = ?, lock_token = ?, finished_at = ?, dedup_key = ?, dedup_until = ?,
-                parent_queue = ?, parent_id = ?, record = ?::jsonb, version = version + 1
+                parent_queue = ?, parent_id = ?, record = ?::json, version = version + 1
             WHERE pk = ?""",
             (
                 job.name,
@@ -905,7 +906,7 @@ class PgStore(StoreBase):
         inserted = await tx.execute(
             """INSERT INTO {jobs} (queue, id, name, state, lane, priority, seq, created_at,
                 delay_until, dedup_key, dedup_until, parent_queue, parent_id, record)
-            SELECT q, i, n, s, l, p, sq, c, d, dk, du, pq, pi, r::jsonb FROM unnest(
+            SELECT q, i, n, s, l, p, sq, c, d, dk, du, pq, pi, r::json FROM unnest(
                 ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::int[], ?::bigint[],
                 ?::timestamptz[], ?::timestamptz[], ?::text[], ?::timestamptz[], ?::text[],
                 ?::text[], ?::text[]) AS v(q, i, n, s, l, p, sq, c, d, dk, du, pq, pi, r)
@@ -1344,8 +1345,7 @@ class PgStore(StoreBase):
                 FROM unnest(?::text[], ?::text[]) AS v(id, token)
                 WHERE j.queue = ? AND j.id = v.id AND j.state = 'active'
                     AND j.lock_token = v.token
-                RETURNING j.id,
-                    coalesce(j.record->'cancelled_at', 'null'::jsonb) <> 'null'::jsonb""",
+                RETURNING j.id, (j.record->>'cancelled_at') IS NOT NULL""",
                 (_dt(tx.now + seconds), ids, tokens, queue_name),
             )
             held: dict[str, bool] = dict(rows)
