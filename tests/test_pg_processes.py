@@ -4,9 +4,7 @@ Each worker is a real process (tests/worker_process.py); they and the test share
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
-from collections import Counter
 from pathlib import Path
 
 import anyio
@@ -16,7 +14,12 @@ from conveyor import JobState, Queue
 from conveyor_stores.postgres import PgStore
 
 from .pg import server_dsn
-from .processes import Watch, completions, workers
+from .processes import (
+    completions,
+    four_processes_exactly_once,
+    sigkilled_job_is_recovered,
+    workers,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -31,62 +34,19 @@ async def _fresh(pg_dsn: str, schema: str) -> str:
 async def test_four_processes_complete_every_job_exactly_once(
     pg_dsn: str, tmp_path: Path, anyio_backend: str
 ) -> None:
-    total = 10_000
-    url = await _fresh(pg_dsn, f"four_{anyio_backend}")
-    with workers(url, tmp_path) as group:
-        async with PgStore(pg_dsn, schema=f"four_{anyio_backend}") as store:
-            watch = Watch(store)
-            queue = Queue("q", store=store)
-            outs = [group.start(f"w{i}", backend="trio" if i % 2 else "asyncio") for i in range(4)]
-            with anyio.fail_after(60):
-                await watch.until(lambda: watch.count("test-ready") == 4)
-            for start in range(0, total, 500):  # added while the workers run
-                await queue.add_bulk([("n", n, {}) for n in range(start, start + 500)])
-            with anyio.fail_after(600):
-                await watch.until(lambda: watch.count("completed") >= total)
-            counts = await queue.get_job_counts()
-        results = group.stop_all()
-    assert [code for code, _ in results] == [0, 0, 0, 0], results
-    lines = await completions(outs)
-    by_id = Counter(line[0] for line in lines)
-    assert len(by_id) == total
-    assert set(by_id.values()) == {1}, "a job ran twice"
-    assert sorted(int(line[3]) for line in lines) == list(range(total))
-    assert len({line[1] for line in lines}) == 4, "every process took part"
-    assert counts[JobState.COMPLETED] == total
-    assert counts[JobState.WAITING] == counts[JobState.ACTIVE] == counts[JobState.FAILED] == 0
+    schema = f"four_{anyio_backend}"
+    url = await _fresh(pg_dsn, schema)
+    async with PgStore(pg_dsn, schema=schema) as store:
+        await four_processes_exactly_once(url, store, tmp_path, total=10_000, batch=500)
 
 
 async def test_sigkilled_worker_job_is_recovered_by_another(
     pg_dsn: str, tmp_path: Path, anyio_backend: str
 ) -> None:
-    fast = ["--lock-duration", "1", "--stalled-interval", "0.2", "--poll-interval", "0.5"]
     schema = f"kill_{anyio_backend}"
     url = await _fresh(pg_dsn, schema)
-    with workers(url, tmp_path) as group:
-        async with PgStore(pg_dsn, schema=schema) as store:
-            watch = Watch(store)
-            queue = Queue("q", store=store)
-            victim = await queue.add("victim", "v")
-            await queue.add_bulk([("n", n, {}) for n in range(20)])
-            doomed = group.start("doomed", "--hang", "victim", "--concurrency", "1", *fast)
-            with anyio.fail_after(60):
-                await watch.until(lambda: watch.count("test-hung") == 1)
-            group.procs[0][0].send_signal(signal.SIGKILL)
-            group.procs[0][0].wait()
-            survivor = group.start("survivor", *fast)
-            with anyio.fail_after(60):
-                await watch.until(lambda: watch.count("completed") == 21)
-            found = await queue.get_job(victim.id)
-            assert found is not None
-            job = found.record
-            assert (job.state, job.stalled_count, job.attempts_made) == (JobState.COMPLETED, 1, 1)
-            assert [a.outcome for a in job.attempt_logs] == ["stalled", "completed"]
-        results = group.stop_all()
-    assert results[1][0] == 0, results[1]
-    lines = await completions([doomed, survivor])
-    assert Counter(line[0] for line in lines)[victim.id] == 1
-    assert len(lines) == 21
+    async with PgStore(pg_dsn, schema=schema) as store:
+        await sigkilled_job_is_recovered(url, store, tmp_path)
 
 
 def _restart_command() -> list[str] | None:
