@@ -40,7 +40,6 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
-import attrs
 import psycopg
 from anyio.lowlevel import checkpoint
 from psycopg import sql
@@ -48,7 +47,6 @@ from psycopg import sql
 from conveyor.store import (
     ALL_JOB_NAMES,
     TERMINAL_STATES,
-    ChildFailurePolicy,
     Clock,
     DuplicateJobError,
     Duration,
@@ -58,25 +56,21 @@ from conveyor.store import (
     InvalidArgumentError,
     InvalidJobStateError,
     JobData,
-    JobNotFoundError,
     JobOutcome,
     JobState,
     LockStatus,
     MetricKind,
     Metrics,
     MetricsBucket,
-    OutcomeKind,
     StoreError,
     StoreEvent,
     check_int,
     check_name,
-    copy_json,
     from_timestamp,
     parse_duration,
     structure,
-    to_json,
 )
-from conveyor.store._base import Lifecycle, StoreBase, add_attempt
+from conveyor.store._base import Lifecycle, StoreBase
 from conveyor.store._validate import (
     check_event,
     check_fetch,
@@ -89,6 +83,7 @@ from conveyor.store._validate import (
     validate_new_job,
 )
 
+from .._jobs import JobTx, Row, record_json
 from ._schema import MIGRATIONS, SCHEMA_VERSION, qualified
 from ._wire import PgConnection, PgPool, Rows
 
@@ -111,51 +106,23 @@ def _ts(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
-def _record(job: JobData) -> str:
-    """The job's JSON without the claim fields, which live in their own columns."""
-    saved = (job.state, job.processed_at, job.lock_until, job.locked_by, job.lock_token)
-    job.state = JobState.WAITING
-    job.processed_at = job.lock_until = job.locked_by = job.lock_token = None
-    try:
-        return to_json(job)
-    finally:
-        job.state, job.processed_at, job.lock_until, job.locked_by, job.lock_token = saved
-
-
-@attrs.define
-class _Row:
-    """A job read inside a transaction: its row id and its record, to change and save."""
-
-    pk: int
-    job: JobData
-
-
-def _load(row: Sequence[Any]) -> _Row:
+def _load(row: Sequence[Any]) -> Row:
     job = structure(row[1], JobData)
     job.state = JobState(row[2])
     job.processed_at = row[3]
     job.lock_until = row[4]
     job.locked_by = row[5]
     job.lock_token = row[6]
-    return _Row(row[0], job)
+    return Row(row[0], job)
 
 
-class _Tx:
-    """One transaction: its connection, the time it runs at, the events it publishes."""
+class _Tx(JobTx):
+    """One transaction on one connection: statements, and the store's job primitives."""
 
     def __init__(self, store: PgStore, conn: PgConnection, now: float) -> None:
+        super().__init__(now, local=bool(store._subscribers))
         self.store = store
         self.conn = conn
-        self.now = now
-        self.rows: list[tuple[Any, ...]] = []
-        """Events for other processes, ``(queue, type, job_id, data[, at])``, sent at the end."""
-        self.events: list[StoreEvent] = []
-        """The same events for this store's own subscribers (only built when it has some)."""
-        self._local = bool(store._subscribers)
-        self.callbacks: list[Callable[[], Any]] = []
-        self.counters: dict[str, list[int]] = {}
-        """Queue rows read by this transaction: [seq, tick, plain_served, completed, failed]."""
-        self.finished: dict[tuple[str, str], int] = {}
 
     # -- statements --------------------------------------------------------------------------------
 
@@ -165,26 +132,6 @@ class _Tx:
     async def one(self, query: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         rows = await self.execute(query, params)
         return rows[0] if rows else None
-
-    # -- sequence ----------------------------------------------------------------------------------
-
-    async def queue_counters(self, queue: str) -> list[int]:
-        counters = self.counters.get(queue)
-        if counters is None:
-            row = await self.one(
-                """INSERT INTO {queues} (name) VALUES (?)
-                ON CONFLICT (name) DO UPDATE SET name = excluded.name
-                RETURNING seq, tick, plain_served""",
-                (queue,),
-            )
-            assert row is not None
-            counters = self.counters[queue] = [row[0], row[1], row[2], 0, 0]
-        return counters
-
-    async def next_seq(self, queue: str) -> int:
-        counters = await self.queue_counters(queue)
-        counters[0] += 1
-        return counters[0]
 
     async def flush(self) -> None:
         """Write what the transaction kept in memory: queue counters, metrics, events."""
@@ -245,46 +192,42 @@ class _Tx:
         payloads.append(head + ",".join(items) + "]}")
         return payloads
 
-    # -- events ------------------------------------------------------------------------------------
+    # -- the job primitives ------------------------------------------------------------------------
 
-    def after_commit(self, callback: Callable[[], Any]) -> None:
-        self.callbacks.append(callback)
+    async def queue_counters(self, queue: str) -> list[int]:
+        counters = self.counters.get(queue)
+        if counters is None:
+            row = await self.one(
+                """INSERT INTO {queues} (name) VALUES (?)
+                ON CONFLICT (name) DO UPDATE SET name = excluded.name
+                RETURNING seq, tick, plain_served""",
+                (queue,),
+            )
+            assert row is not None
+            counters = self.counters[queue] = [row[0], row[1], row[2], 0, 0]
+        return counters
 
-    def emit(self, queue: str, type_: str, job_id: str | None, **data: Any) -> None:
-        self.rows.append((queue, type_, job_id, data or None))
-        if self._local:
-            self.events.append(StoreEvent(type_, queue, job_id, data, from_timestamp(self.now)))
+    async def rows_of(self, where: str, params: Sequence[Any]) -> list[Row]:
+        """The jobs ``WHERE ...`` (SQL with ``?`` placeholders), loaded."""
+        rows = await self.execute(f"SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE {where}", params)
+        return [_load(row) for row in rows]
 
-    def emit_state(self, job: JobData, prev: JobState | None, **data: Any) -> None:
-        self.emit(job.queue_name, job.state.value, job.id, prev=prev and prev.value, **data)
-
-    def publish(self, event: StoreEvent) -> None:
-        at = self.now if event.timestamp is None else event.timestamp.timestamp()
-        row = (event.queue_name, event.type, event.job_id, event.data or None)
-        self.rows.append(row if at == self.now else (*row, at))
-        if self._local:
-            if event.timestamp is None:
-                event = attrs.evolve(event, timestamp=from_timestamp(self.now))
-            self.events.append(event)
-
-    # -- rows --------------------------------------------------------------------------------------
-
-    async def find(self, queue: str | None, job_id: str | None) -> _Row | None:
+    async def find(self, queue: str | None, job_id: str | None) -> Row | None:
         if queue is None or job_id is None:
             return None
-        row = await self.one(
-            f"SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE queue = ? AND id = ?", (queue, job_id)
+        rows = await self.rows_of("queue = ? AND id = ?", (queue, job_id))
+        return rows[0] if rows else None
+
+    async def held(self, queue: str, job_id: str, token: str) -> Row | None:
+        rows = await self.rows_of(
+            "queue = ? AND id = ? AND state = 'active' AND lock_token = ?", (queue, job_id, token)
         )
-        return None if row is None else _load(row)
+        return rows[0] if rows else None
 
-    async def seq_for(self, job: JobData, *, head: bool = False) -> int:
-        seq = await self.next_seq(job.queue_name)
-        if job.state is JobState.WAITING and (head or job.opts.lifo):
-            return -seq
-        return seq
+    async def children(self, queue: str, job_id: str) -> list[Row]:
+        return await self.rows_of("parent_queue = ? AND parent_id = ? ORDER BY pk", (queue, job_id))
 
-    async def save(self, row: _Row, *, seq: int | None = None) -> None:
-        """Write the whole job back (``seq``: its new place in its state, if it moved)."""
+    async def save(self, row: Row, *, seq: int | None = None) -> None:
         job = row.job
         finished = job.completed_at if job.state is JobState.COMPLETED else job.failed_at
         await self.execute(
@@ -309,116 +252,20 @@ class _Tx:
                 job.deduplication_until,
                 job.parent_queue_name,
                 job.parent_id,
-                _record(job),
+                record_json(job),
                 row.pk,
             ),
         )
 
-    async def move(self, row: _Row, state: JobState, *, head: bool = False) -> JobState:
-        """Put the job in ``state`` (at the head of its priority, for ``head``) and save it."""
-        job = row.job
-        prev = job.state
-        job.state = state
-        await self.save(row, seq=await self.seq_for(job, head=head))
-        if state in TERMINAL_STATES:
-            await self.count_finished(job.queue_name, state)
-        return prev
-
-    async def count_finished(self, queue: str, state: JobState) -> None:
-        key = (queue, state.value)
-        self.finished[key] = self.finished.get(key, 0) + 1
-        (await self.queue_counters(queue))[3 if state is JobState.COMPLETED else 4] += 1
-
-    async def delete(self, row: _Row) -> None:
-        """Remove one job; a child removed before finishing stops counting for its parent."""
-        job = row.job
+    async def delete_row(self, row: Row) -> None:
         await self.execute("DELETE FROM {jobs} WHERE pk = ?", (row.pk,))
-        if (
-            job.parent_id is not None
-            and job.parent_queue_name is not None
-            and job.state not in TERMINAL_STATES
-        ):
-            await self.child_done(job.parent_queue_name, job.parent_id)
 
-    def clear_lock(self, job: JobData) -> None:
-        job.lock_until = None
-        job.locked_by = None
-        job.lock_token = None
-
-    def record_attempt(self, job: JobData, outcome: str, error: str | None, *, count: bool) -> None:
-        add_attempt(job, from_timestamp(self.now), outcome, error, count=count)
-
-    # -- outcomes and flows ------------------------------------------------------------------------
-
-    async def fail(self, row: _Row, reason: str, *, cancelled: bool) -> None:
-        """Fail a job that is not yet finished, then apply its parent's policy and removal."""
-        job = row.job
-        job.failed_reason = reason
-        job.failed_at = from_timestamp(self.now)
-        if cancelled and job.cancelled_at is None:
-            job.cancelled_at = job.failed_at
-        self.clear_lock(job)
-        prev = await self.move(row, JobState.FAILED)
-        self.emit_state(job, prev, failed_reason=reason, cancelled=job.cancelled_at is not None)
-        await self.child_failed(row, reason)
-        await self.apply_removal(row, job.opts.remove_on_fail)
-
-    async def apply_removal(self, row: _Row, policy: bool | int) -> None:
-        job = row.job
-        if policy is True:
-            await self.execute("DELETE FROM {jobs} WHERE pk = ?", (row.pk,))
-        elif policy is not False:
-            await self.execute(
-                """DELETE FROM {jobs} WHERE pk IN (
-                    SELECT pk FROM {jobs} WHERE queue = ? AND state = ?
-                    ORDER BY seq DESC OFFSET ?)""",
-                (job.queue_name, job.state.value, policy),
-            )
-
-    async def child_completed(self, child: JobData) -> None:
-        parent = await self.find(child.parent_queue_name, child.parent_id)
-        if parent is None:
-            return
-        key = f"{child.queue_name}:{child.id}"
-        parent.job.children_values[key] = copy_json(child.returnvalue)
-        await self.save(parent)
-        await self.child_done(parent.job.queue_name, parent.job.id)
-
-    async def child_done(self, parent_queue: str, parent_id: str) -> JobState | None:
-        parent = await self.find(parent_queue, parent_id)
-        if parent is None:
-            return None
-        job = parent.job
-        if job.pending_children > 0:
-            job.pending_children -= 1
-        if job.pending_children == 0 and job.state is JobState.WAITING_CHILDREN:
-            prev = await self.move(parent, JobState.WAITING)
-            self.emit_state(job, prev)
-        else:
-            await self.save(parent)
-        return job.state
-
-    async def child_failed(self, child: _Row, reason: str) -> None:
-        job = child.job
-        parent = await self.find(job.parent_queue_name, job.parent_id)
-        if parent is None:
-            return
-        policy = job.opts.fail_parent_on_child_failure
-        if policy is ChildFailurePolicy.FAIL:
-            await self.fail_parent(parent, f"child {job.queue_name}:{job.id} failed: {reason}")
-        elif policy is ChildFailurePolicy.IGNORE:
-            await self.child_done(parent.job.queue_name, parent.job.id)
-        else:
-            job.parent_id = None
-            job.parent_queue_name = None
-            await self.save(child)
-            await self.child_done(parent.job.queue_name, parent.job.id)
-
-    async def fail_parent(self, parent: _Row, reason: str) -> bool:
-        if parent.job.state is not JobState.WAITING_CHILDREN:
-            return False
-        await self.fail(parent, reason, cancelled=False)
-        return True
+    async def keep_newest(self, queue: str, state: JobState, keep: int) -> None:
+        await self.execute(
+            """DELETE FROM {jobs} WHERE pk IN (
+                SELECT pk FROM {jobs} WHERE queue = ? AND state = ? ORDER BY seq DESC OFFSET ?)""",
+            (queue, state.value, keep),
+        )
 
 
 class _Listener:
@@ -889,7 +736,7 @@ class PgStore(StoreBase):
                 job.deduplication_until,
                 job.parent_queue_name,
                 job.parent_id,
-                _record(job),
+                record_json(job),
             )
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
@@ -937,10 +784,8 @@ class PgStore(StoreBase):
         check_name(job_id, "job_id")
 
         async def body(tx: _Tx) -> JobData | None:
-            row = await tx.one(
-                f"SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE id = ? ORDER BY pk LIMIT 1", (job_id,)
-            )
-            return None if row is None else _load(row).job
+            rows = await tx.rows_of("id = ? ORDER BY pk LIMIT 1", (job_id,))
+            return rows[0].job if rows else None
 
         return await self._read(body)
 
@@ -970,130 +815,25 @@ class PgStore(StoreBase):
         clean = check_updates(updates)
         if expected_state is not None:
             expected_state = JobState.parse(expected_state, "expected_state")
-
-        async def body(tx: _Tx) -> bool:
-            row = await tx.find(queue_name, job_id)
-            if row is None or (expected_state is not None and row.job.state is not expected_state):
-                return False
-            job = row.job
-            changes = dict(clean)
-            new_state = changes.pop("state", job.state)
-            if new_state is not job.state:
-                if job.state is JobState.ACTIVE:
-                    raise InvalidJobStateError(
-                        f"job {job_id!r} is active: its worker ends it (finish, release or cancel)"
-                    )
-                if new_state not in (JobState.WAITING, JobState.DELAYED):
-                    raise InvalidJobStateError(
-                        f"update_job moves a job only to waiting or delayed, not {new_state.value}"
-                    )
-            delay_until = changes.get("delay_until", job.delay_until)
-            if new_state is JobState.DELAYED and delay_until is None:
-                raise InvalidArgumentError(
-                    "updates.delay_until", "a delayed job needs a delay_until"
-                )
-            prev = job.state
-            for key, value in changes.items():
-                setattr(job, key, value)
-            if new_state is JobState.WAITING and prev is not JobState.WAITING:
-                job.delay_until = None
-            job.state = new_state
-            if new_state is not prev or (
-                prev is JobState.DELAYED and ("opts" in changes or "delay_until" in changes)
-            ):
-                await tx.save(row, seq=await tx.seq_for(job))
-            else:
-                await tx.save(row)
-            if new_state is not prev:
-                tx.emit_state(job, prev)
-            if "progress" in changes:
-                tx.emit(queue_name, EventType.PROGRESS, job_id, progress=copy_json(job.progress))
-            return True
-
-        return await self._write(body)
+        return await self._write(
+            lambda tx: tx.update_job(queue_name, job_id, clean, expected_state)
+        )
 
     async def add_log(self, queue_name: str, job_id: str, message: str) -> int:
         check_name(queue_name, "queue_name")
         check_name(job_id, "job_id")
         check_text(message, "message")
-
-        async def body(tx: _Tx) -> int:
-            row = await tx.find(queue_name, job_id)
-            if row is None:
-                raise JobNotFoundError(queue_name, job_id)
-            row.job.logs.append(message)
-            await tx.save(row)
-            return len(row.job.logs)
-
-        return await self._write(body)
-
-    async def _children(self, tx: _Tx, queue: str, job_id: str) -> list[_Row]:
-        rows = await tx.execute(
-            f"""SELECT {_JOB_COLUMNS} FROM {{jobs}}
-            WHERE parent_queue = ? AND parent_id = ? ORDER BY pk""",
-            (queue, job_id),
-        )
-        return [_load(row) for row in rows]
-
-    async def _descendants(self, tx: _Tx, row: _Row) -> list[_Row]:
-        """The job, then its children, depth first (parents before children)."""
-        out = [row]
-        for child in await self._children(tx, row.job.queue_name, row.job.id):
-            out.extend(await self._descendants(tx, child))
-        return out
+        return await self._write(lambda tx: tx.add_log(queue_name, job_id, message))
 
     async def remove_job(self, queue_name: str, job_id: str) -> bool:
         check_name(queue_name, "queue_name")
         check_name(job_id, "job_id")
-
-        async def body(tx: _Tx) -> bool:
-            row = await tx.find(queue_name, job_id)
-            if row is None:
-                return False
-            doomed = await self._descendants(tx, row)
-            for item in doomed:
-                if item.job.state is JobState.ACTIVE:
-                    raise InvalidJobStateError(
-                        f"job {item.job.queue_name}:{item.job.id} is active; cancel it or wait "
-                        "for it to finish"
-                    )
-            for item in reversed(doomed):
-                # Removing a child may have moved its parent: read each one afresh.
-                fresh = await tx.find(item.job.queue_name, item.job.id)
-                if fresh is None:
-                    continue
-                await tx.delete(fresh)
-                tx.emit(
-                    fresh.job.queue_name,
-                    EventType.REMOVED,
-                    fresh.job.id,
-                    prev=fresh.job.state.value,
-                )
-            return True
-
-        return await self._write(body)
+        return await self._write(lambda tx: tx.remove_job(queue_name, job_id))
 
     async def cancel_job(self, queue_name: str, job_id: str) -> JobData | None:
         check_name(queue_name, "queue_name")
         check_name(job_id, "job_id")
-
-        async def body(tx: _Tx) -> JobData | None:
-            row = await tx.find(queue_name, job_id)
-            if row is None:
-                return None
-            job = row.job
-            if job.state in TERMINAL_STATES:
-                raise InvalidJobStateError(f"job {job_id!r} already {job.state.value}")
-            if job.state is JobState.ACTIVE:
-                if job.cancelled_at is None:
-                    job.cancelled_at = from_timestamp(tx.now)
-                    await tx.save(row)
-                    tx.emit(queue_name, EventType.CANCEL_REQUESTED, job_id)
-                return job
-            await tx.fail(row, "cancelled", cancelled=True)
-            return job
-
-        return await self._write(body)
+        return await self._write(lambda tx: tx.cancel_job(queue_name, job_id))
 
     # -- claiming ----------------------------------------------------------------------------------
 
@@ -1318,14 +1058,6 @@ class PgStore(StoreBase):
             out.extend(r[0] for r in rows)
         return out
 
-    async def _held(self, tx: _Tx, queue: str, job_id: str, token: str) -> _Row | None:
-        row = await tx.one(
-            f"""SELECT {_JOB_COLUMNS} FROM {{jobs}}
-            WHERE queue = ? AND id = ? AND state = 'active' AND lock_token = ?""",
-            (queue, job_id, token),
-        )
-        return None if row is None else _load(row)
-
     async def extend_locks(
         self, queue_name: str, locks: Mapping[str, str], duration: Duration
     ) -> dict[str, LockStatus]:
@@ -1362,65 +1094,15 @@ class PgStore(StoreBase):
         check_name(queue_name, "queue_name")
         check_name(job_id, "job_id")
         check_name(lock_token, "lock_token")
-
-        async def body(tx: _Tx) -> bool:
-            row = await self._held(tx, queue_name, job_id, lock_token)
-            if row is None:
-                return False
-            job = row.job
-            tx.record_attempt(job, "released", None, count=False)
-            tx.clear_lock(job)
-            prev = await tx.move(row, JobState.WAITING, head=True)
-            tx.emit_state(job, prev)
-            return True
-
-        return await self._write(body)
+        return await self._write(lambda tx: tx.release_lock(queue_name, job_id, lock_token))
 
     async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[bool]:
         clean = check_outcomes(outcomes)
 
         async def body(tx: _Tx) -> list[bool]:
-            return [await self._finish(tx, outcome) for outcome in clean]
+            return [await tx.finish(outcome) for outcome in clean]
 
         return await self._write(body)
-
-    async def _finish(self, tx: _Tx, outcome: JobOutcome) -> bool:
-        row = await self._held(tx, outcome.queue_name, outcome.job_id, outcome.lock_token)
-        if row is None:
-            return False
-        job = row.job
-        kind = outcome.kind
-        if job.cancelled_at is not None and kind in (OutcomeKind.RETRY, OutcomeKind.DELAY):
-            kind = OutcomeKind.FAILED
-            outcome = attrs.evolve(outcome, failed_reason=outcome.failed_reason or "cancelled")
-        tx.record_attempt(
-            job, kind.value, outcome.failed_reason, count=kind is not OutcomeKind.DELAY
-        )
-        tx.clear_lock(job)
-        if outcome.stacktrace is not None:
-            job.stacktrace.append(outcome.stacktrace)
-        if kind is OutcomeKind.COMPLETED:
-            job.returnvalue = outcome.returnvalue
-            job.completed_at = from_timestamp(tx.now)
-            await tx.move(row, JobState.COMPLETED)
-            tx.emit_state(job, JobState.ACTIVE, returnvalue=copy_json(outcome.returnvalue))
-            await tx.child_completed(job)
-            await tx.apply_removal(row, job.opts.remove_on_complete)
-        elif kind is OutcomeKind.FAILED:
-            await tx.fail(row, outcome.failed_reason or "failed", cancelled=outcome.cancelled)
-        else:
-            if kind is OutcomeKind.RETRY:
-                job.failed_reason = outcome.failed_reason
-            if outcome.delay > 0:
-                job.delay_until = from_timestamp(tx.now + outcome.delay)
-                await tx.move(row, JobState.DELAYED)
-            else:
-                await tx.move(row, JobState.WAITING)
-            tx.emit_state(
-                job, JobState.ACTIVE, failed_reason=job.failed_reason,
-                delay_until=job.delay_until and job.delay_until.isoformat(),
-            )  # fmt: skip
-        return True
 
     # -- flows -------------------------------------------------------------------------------------
 
@@ -1437,31 +1119,25 @@ class PgStore(StoreBase):
         check_name(parent_queue_name, "parent_queue_name")
         check_name(parent_id, "parent_id")
         check_text(reason, "reason")
-
-        async def body(tx: _Tx) -> bool:
-            parent = await tx.find(parent_queue_name, parent_id)
-            return parent is not None and await tx.fail_parent(parent, reason)
-
-        return await self._write(body)
+        return await self._write(
+            lambda tx: tx.fail_parent_on_child_failure(parent_queue_name, parent_id, reason)
+        )
 
     async def get_children_jobs(self, parent_queue_name: str, parent_id: str) -> list[JobData]:
         check_name(parent_queue_name, "parent_queue_name")
         check_name(parent_id, "parent_id")
 
         async def body(tx: _Tx) -> list[JobData]:
-            return [row.job for row in await self._children(tx, parent_queue_name, parent_id)]
+            return [row.job for row in await tx.children(parent_queue_name, parent_id)]
 
         return await self._read(body)
 
     # -- stalled jobs ------------------------------------------------------------------------------
 
-    async def _expired(self, tx: _Tx, queue: str) -> list[_Row]:
-        rows = await tx.execute(
-            f"""SELECT {_JOB_COLUMNS} FROM {{jobs}}
-            WHERE queue = ? AND state = 'active' AND lock_until <= ? ORDER BY seq""",
-            (queue, _dt(tx.now)),
+    async def _expired(self, tx: _Tx, queue: str) -> list[Row]:
+        return await tx.rows_of(
+            "queue = ? AND state = 'active' AND lock_until <= ? ORDER BY seq", (queue, _dt(tx.now))
         )
-        return [_load(row) for row in rows]
 
     async def get_stalled_jobs(self, queue_name: str) -> list[JobData]:
         check_name(queue_name, "queue_name")
@@ -1476,22 +1152,8 @@ class PgStore(StoreBase):
         check_int(max_stalled_count, "max_stalled_count", minimum=0)
 
         async def body(tx: _Tx) -> list[JobData]:
-            out = []
-            for row in await self._expired(tx, queue_name):
-                job = row.job
-                job.stalled_count += 1
-                tx.record_attempt(job, "stalled", None, count=False)
-                tx.emit(queue_name, EventType.STALLED, job.id, stalled_count=job.stalled_count)
-                if job.cancelled_at is not None:
-                    await tx.fail(row, "cancelled", cancelled=True)
-                elif job.stalled_count > max_stalled_count:
-                    await tx.fail(row, "job stalled more than allowable limit", cancelled=False)
-                else:
-                    tx.clear_lock(job)
-                    prev = await tx.move(row, JobState.WAITING, head=True)
-                    tx.emit_state(job, prev)
-                out.append(job)
-            return out
+            expired = await self._expired(tx, queue_name)
+            return await tx.recover_stalled(queue_name, expired, max_stalled_count)
 
         return await self._write(body)
 
@@ -1513,12 +1175,11 @@ class PgStore(StoreBase):
         count = None if end == -1 else max(end - start + 1, 0)
 
         async def body(tx: _Tx) -> list[JobData]:
-            rows = await tx.execute(
-                f"""SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE queue = ? AND state = ?
-                ORDER BY {order} LIMIT ? OFFSET ?""",
+            rows = await tx.rows_of(
+                f"queue = ? AND state = ? ORDER BY {order} LIMIT ? OFFSET ?",
                 (queue_name, state.value, count, start),
             )
-            return [_load(row).job for row in rows]
+            return [row.job for row in rows]
 
         return await self._read(body)
 
@@ -1637,17 +1298,9 @@ class PgStore(StoreBase):
         return await self._write(lambda tx: self._promote(tx, queue_name, due=False))
 
     async def _promote(self, tx: _Tx, queue: str, *, due: bool) -> int:
-        rows = await tx.execute(
-            f"""SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE queue = ? AND state = 'delayed'
-            {"AND delay_until <= ?" if due else ""} ORDER BY delay_until, seq""",
-            (queue, _dt(tx.now)) if due else (queue,),
-        )
-        for raw in rows:
-            row = _load(raw)
-            row.job.delay_until = None
-            prev = await tx.move(row, JobState.WAITING)
-            tx.emit_state(row.job, prev)
-        return len(rows)
+        where = "queue = ? AND state = 'delayed'" + (" AND delay_until <= ?" if due else "")
+        params = (queue, _dt(tx.now)) if due else (queue,)
+        return await tx.promote(await tx.rows_of(where + " ORDER BY delay_until, seq", params))
 
     # -- pause / resume ----------------------------------------------------------------------------
 
@@ -1725,15 +1378,13 @@ class PgStore(StoreBase):
                     JobState.WAITING: "created_at, priority, seq",
                     JobState.DELAYED: "created_at, delay_until, seq",
                 }.get(state, "created_at, seq")
-            rows = await tx.execute(
-                f"""SELECT {_JOB_COLUMNS} FROM {{jobs}}
-                WHERE queue = ? AND state = ? AND {where} ORDER BY {order} LIMIT ?""",
+            rows = await tx.rows_of(
+                f"queue = ? AND state = ? AND {where} ORDER BY {order} LIMIT ?",
                 (queue_name, state.value, cutoff, limit),
             )
-            for raw in rows:
-                await tx.delete(_load(raw))
-            tx.emit(queue_name, EventType.CLEANED, None, state=state.value, count=len(rows))
-            return len(rows)
+            count = await tx.delete_all(rows)
+            tx.emit(queue_name, EventType.CLEANED, None, state=state.value, count=count)
+            return count
 
         return await self._write(body)
 
@@ -1741,15 +1392,10 @@ class PgStore(StoreBase):
         check_name(queue_name, "queue_name")
 
         async def body(tx: _Tx) -> int:
-            rows = await tx.execute(
-                f"""SELECT {_JOB_COLUMNS} FROM {{jobs}}
-                WHERE queue = ? AND state IN ('waiting', 'delayed')""",
-                (queue_name,),
-            )
-            for raw in rows:
-                await tx.delete(_load(raw))
-            tx.emit(queue_name, EventType.DRAINED, None, count=len(rows))
-            return len(rows)
+            rows = await tx.rows_of("queue = ? AND state IN ('waiting', 'delayed')", (queue_name,))
+            count = await tx.delete_all(rows)
+            tx.emit(queue_name, EventType.DRAINED, None, count=count)
+            return count
 
         return await self._write(body)
 
@@ -1770,15 +1416,13 @@ class PgStore(StoreBase):
             )
             if exists is None:
                 return
-            rows = await tx.execute(
-                f"""SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE queue = ?
-                AND parent_id IS NOT NULL AND parent_queue <> ?
+            rows = await tx.rows_of(
+                """queue = ? AND parent_id IS NOT NULL AND parent_queue <> ?
                 AND state NOT IN ('completed', 'failed')""",
                 (queue_name, queue_name),
             )
             await tx.execute("DELETE FROM {jobs} WHERE queue = ?", (queue_name,))
-            for raw in rows:
-                row = _load(raw)
+            for row in rows:
                 parent_queue, parent_id = row.job.parent_queue_name, row.job.parent_id
                 if parent_queue is not None and parent_id is not None:
                     await tx.child_done(parent_queue, parent_id)
@@ -1808,23 +1452,10 @@ class PgStore(StoreBase):
             raise InvalidArgumentError("state", "only failed or completed jobs can be retried")
 
         async def body(tx: _Tx) -> int:
-            rows = await tx.execute(
-                f"""SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE queue = ? AND state = ?
-                ORDER BY seq""",
-                (queue_name, state.value),
+            rows = await tx.rows_of(
+                "queue = ? AND state = ? ORDER BY seq", (queue_name, state.value)
             )
-            for raw in rows:
-                row = _load(raw)
-                job = row.job
-                job.attempts_made = 0
-                job.stalled_count = 0
-                job.failed_reason = None
-                job.returnvalue = None
-                job.processed_at = job.completed_at = job.failed_at = job.cancelled_at = None
-                job.discarded = False
-                prev = await tx.move(row, JobState.WAITING)
-                tx.emit_state(job, prev)
-            return len(rows)
+            return await tx.retry(rows)
 
         return await self._write(body)
 

@@ -47,7 +47,6 @@ from conveyor.store import (
     ALL_JOB_NAMES,
     TERMINAL_STATES,
     AttemptRecord,
-    ChildFailurePolicy,
     Clock,
     DuplicateJobError,
     Duration,
@@ -57,7 +56,6 @@ from conveyor.store import (
     InvalidArgumentError,
     InvalidJobStateError,
     JobData,
-    JobNotFoundError,
     JobOutcome,
     JobState,
     LockStatus,
@@ -74,10 +72,9 @@ from conveyor.store import (
     from_json,
     from_timestamp,
     parse_duration,
-    to_json,
     unstructure,
 )
-from conveyor.store._base import Lifecycle, StoreBase, add_attempt
+from conveyor.store._base import Lifecycle, StoreBase
 from conveyor.store._validate import (
     check_event,
     check_fetch,
@@ -90,6 +87,7 @@ from conveyor.store._validate import (
     validate_new_job,
 )
 
+from .._jobs import JobTx, Row, record_json, run_now
 from ._background import Background
 from ._schema import check_database, migrate
 
@@ -100,10 +98,6 @@ T = TypeVar("T")
 
 _JOB_COLUMNS = "pk, record, state, processed_at, lock_until, locked_by, lock_token"
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
-_PREV_DATA: dict[JobState | None, dict[str, str | None]] = {
-    state: {"prev": state and state.value} for state in (None, *JobState)
-}
-"""The data of a plain state-change event, shared (only ever encoded, never handed out)."""
 _OFFLOAD_ROWS = 2000
 """Bulk inserts of more jobs than this run in a worker thread."""
 _CHECKPOINT_INTERVAL = 0.1
@@ -130,17 +124,6 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     if code is not None:
         return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return "locked" in str(exc) or "busy" in str(exc)
-
-
-def _record(job: JobData) -> str:
-    """The job's JSON without the claim fields, which live in their own columns."""
-    saved = (job.state, job.processed_at, job.lock_until, job.locked_by, job.lock_token)
-    job.state = JobState.WAITING
-    job.processed_at = job.lock_until = job.locked_by = job.lock_token = None
-    try:
-        return to_json(job)
-    finally:
-        job.state, job.processed_at, job.lock_until, job.locked_by, job.lock_token = saved
 
 
 @attrs.frozen
@@ -173,64 +156,28 @@ class _Claim:
         )
 
 
-@attrs.define
-class _Row:
-    """A job read inside a transaction: its row id and its record, to change and save."""
-
-    pk: int
-    job: JobData
-
-
-def _load(row: Sequence[Any]) -> _Row:
+def _load(row: Sequence[Any]) -> Row:
     job = from_json(row[1], JobData)
     job.state = JobState(row[2])
     job.processed_at = _dt(row[3])
     job.lock_until = _dt(row[4])
     job.locked_by = row[5]
     job.lock_token = row[6]
-    return _Row(row[0], job)
+    return Row(row[0], job)
 
 
-class _Tx:
-    """One write transaction: the connection, the time it runs at, the events it publishes."""
+class _Tx(JobTx):
+    """One transaction on the store's connection, and the store's job primitives.
+
+    Every primitive is synchronous underneath (no await inside a transaction): the shared
+    job logic runs through :func:`run_now`, and the hot paths call the ``*_now`` forms.
+    """
 
     def __init__(self, store: SqliteStore, conn: sqlite3.Connection, now: float) -> None:
+        super().__init__(now, local=bool(store._subscribers))
         self.store = store
         self.conn = conn
-        self.now = now
-        self.rows: list[tuple[Any, ...]] = []
-        """Events to write to ``conveyor_events`` for other processes, as
-        ``(queue, type, job_id, data)`` (``+ (at,)`` when not at the transaction's time): one
-        row holding them all, written at the end."""
-        self.events: list[StoreEvent] = []
-        """The same events for this store's own subscribers (only built when it has some)."""
-        self._local = bool(store._subscribers)
-        self.callbacks: list[Callable[[], Any]] = []
         self._origin = store._origin
-        self.counters: dict[str, list[int]] = {}
-        """Queue rows read by this transaction: [seq, tick, plain_served, completed, failed],
-        written back once at the end."""
-        self.finished: dict[tuple[str, str], int] = {}
-        """Jobs that entered ``completed`` / ``failed``, per queue and state, for metrics."""
-
-    # -- sequence ----------------------------------------------------------------------------------
-
-    def queue_counters(self, queue: str) -> list[int]:
-        counters = self.counters.get(queue)
-        if counters is None:
-            row = self.conn.execute(
-                "SELECT seq, tick, plain_served FROM conveyor_queues WHERE name = ?", (queue,)
-            ).fetchone()
-            if row is None:
-                self.conn.execute("INSERT INTO conveyor_queues (name) VALUES (?)", (queue,))
-                row = (0, 0, 0)
-            counters = self.counters[queue] = [row[0], row[1], row[2], 0, 0]
-        return counters
-
-    def next_seq(self, queue: str) -> int:
-        counters = self.queue_counters(queue)
-        counters[0] += 1
-        return counters[0]
 
     def flush(self) -> None:
         """Write what the transaction kept in memory: queue counters, events, metrics."""
@@ -257,57 +204,54 @@ class _Tx:
                 (queue, kind, minute - self.store._metrics_minutes),
             )
 
-    # -- events ------------------------------------------------------------------------------------
+    # -- the job primitives, and synchronous forms for the hot paths -------------------------------
 
-    def after_commit(self, callback: Callable[[], Any]) -> None:
-        """Run ``callback`` once the transaction has committed (not if it rolls back)."""
-        self.callbacks.append(callback)
+    def counters_now(self, queue: str) -> list[int]:
+        counters = self.counters.get(queue)
+        if counters is None:
+            row = self.conn.execute(
+                "SELECT seq, tick, plain_served FROM conveyor_queues WHERE name = ?", (queue,)
+            ).fetchone()
+            if row is None:
+                self.conn.execute("INSERT INTO conveyor_queues (name) VALUES (?)", (queue,))
+                row = (0, 0, 0)
+            counters = self.counters[queue] = [row[0], row[1], row[2], 0, 0]
+        return counters
 
-    def emit(self, queue: str, type_: str, job_id: str | None, **data: Any) -> None:
-        self.rows.append((queue, type_, job_id, data or None))
-        if self._local:
-            self.events.append(StoreEvent(type_, queue, job_id, data, from_timestamp(self.now)))
+    async def queue_counters(self, queue: str) -> list[int]:
+        return self.counters_now(queue)
 
-    def emit_state(self, job: JobData, prev: JobState | None, **data: Any) -> None:
-        if data:
-            self.emit(job.queue_name, job.state.value, job.id, prev=prev and prev.value, **data)
-            return
-        # The common event (a state change and nothing more), without encoding anything.
-        self.rows.append((job.queue_name, job.state.value, job.id, _PREV_DATA[prev]))
-        if self._local:
-            event_data = {"prev": prev and prev.value}
-            self.events.append(
-                StoreEvent(job.state.value, job.queue_name, job.id, event_data, _dt(self.now))
-            )
+    def next_seq_now(self, queue: str) -> int:
+        counters = self.counters_now(queue)
+        counters[0] += 1
+        return counters[0]
 
-    def publish(self, event: StoreEvent) -> None:
-        at = self.now if event.timestamp is None else event.timestamp.timestamp()
-        row = (event.queue_name, event.type, event.job_id, event.data or None)
-        self.rows.append(row if at == self.now else (*row, at))
-        if self._local:
-            if event.timestamp is None:
-                event = attrs.evolve(event, timestamp=from_timestamp(self.now))
-            self.events.append(event)
+    def rows_of(self, where: str, params: Sequence[Any]) -> list[Row]:
+        """The jobs ``WHERE ...``, loaded."""
+        rows = self.conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE {where}", params
+        ).fetchall()
+        return [_load(row) for row in rows]
 
-    # -- rows --------------------------------------------------------------------------------------
-
-    def find(self, queue: str | None, job_id: str | None) -> _Row | None:
+    def find_now(self, queue: str | None, job_id: str | None) -> Row | None:
         if queue is None or job_id is None:
             return None
-        row = self.conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE queue = ? AND id = ?",
-            (queue, job_id),
-        ).fetchone()
-        return None if row is None else _load(row)
+        rows = self.rows_of("queue = ? AND id = ?", (queue, job_id))
+        return rows[0] if rows else None
 
-    def seq_for(self, job: JobData, *, head: bool = False) -> int:
-        seq = self.next_seq(job.queue_name)
-        if job.state is JobState.WAITING and (head or job.opts.lifo):
-            return -seq
-        return seq
+    async def find(self, queue: str | None, job_id: str | None) -> Row | None:
+        return self.find_now(queue, job_id)
 
-    def save(self, row: _Row, *, seq: int | None = None) -> None:
-        """Write the whole job back (``seq``: its new place in its state, if it moved)."""
+    async def held(self, queue: str, job_id: str, token: str) -> Row | None:
+        rows = self.rows_of(
+            "queue = ? AND id = ? AND state = 'active' AND lock_token = ?", (queue, job_id, token)
+        )
+        return rows[0] if rows else None
+
+    async def children(self, queue: str, job_id: str) -> list[Row]:
+        return self.rows_of("parent_queue = ? AND parent_id = ? ORDER BY pk", (queue, job_id))
+
+    async def save(self, row: Row, *, seq: int | None = None) -> None:
         job = row.job
         finished = job.completed_at if job.state is JobState.COMPLETED else job.failed_at
         self.conn.execute(
@@ -332,116 +276,21 @@ class _Tx:
                 _ts(job.deduplication_until),
                 job.parent_queue_name,
                 job.parent_id,
-                _record(job),
+                record_json(job),
                 row.pk,
             ),
         )
 
-    def move(self, row: _Row, state: JobState, *, head: bool = False) -> JobState:
-        """Put the job in ``state`` (at the head of its priority, for ``head``) and save it."""
-        job = row.job
-        prev = job.state
-        job.state = state
-        self.save(row, seq=self.seq_for(job, head=head))
-        if state in TERMINAL_STATES:
-            self.count_finished(job.queue_name, state)
-        return prev
-
-    def count_finished(self, queue: str, state: JobState) -> None:
-        key = (queue, state.value)
-        self.finished[key] = self.finished.get(key, 0) + 1
-        self.queue_counters(queue)[3 if state is JobState.COMPLETED else 4] += 1
-
-    def delete(self, row: _Row) -> None:
-        """Remove one job; a child removed before finishing stops counting for its parent."""
-        job = row.job
+    async def delete_row(self, row: Row) -> None:
         self.conn.execute("DELETE FROM conveyor_jobs WHERE pk = ?", (row.pk,))
-        if (
-            job.parent_id is not None
-            and job.parent_queue_name is not None
-            and job.state not in TERMINAL_STATES
-        ):
-            self.child_done(job.parent_queue_name, job.parent_id)
 
-    def clear_lock(self, job: JobData) -> None:
-        job.lock_until = None
-        job.locked_by = None
-        job.lock_token = None
-
-    def record_attempt(self, job: JobData, outcome: str, error: str | None, *, count: bool) -> None:
-        add_attempt(job, from_timestamp(self.now), outcome, error, count=count)
-
-    # -- outcomes and flows ------------------------------------------------------------------------
-
-    def fail(self, row: _Row, reason: str, *, cancelled: bool) -> None:
-        """Fail a job that is not yet finished, then apply its parent's policy and removal."""
-        job = row.job
-        job.failed_reason = reason
-        job.failed_at = from_timestamp(self.now)
-        if cancelled and job.cancelled_at is None:
-            job.cancelled_at = job.failed_at
-        self.clear_lock(job)
-        prev = self.move(row, JobState.FAILED)
-        self.emit_state(job, prev, failed_reason=reason, cancelled=job.cancelled_at is not None)
-        self.child_failed(row, reason)
-        self.apply_removal(row, job.opts.remove_on_fail)
-
-    def apply_removal(self, row: _Row, policy: bool | int) -> None:
-        job = row.job
-        if policy is True:
-            self.conn.execute("DELETE FROM conveyor_jobs WHERE pk = ?", (row.pk,))
-        elif policy is not False:
-            self.conn.execute(
-                """DELETE FROM conveyor_jobs WHERE pk IN (
-                    SELECT pk FROM conveyor_jobs WHERE queue = ? AND state = ?
-                    ORDER BY seq DESC LIMIT -1 OFFSET ?)""",
-                (job.queue_name, job.state.value, policy),
-            )
-
-    def child_completed(self, child: JobData) -> None:
-        parent = self.find(child.parent_queue_name, child.parent_id)
-        if parent is None:
-            return
-        key = f"{child.queue_name}:{child.id}"
-        parent.job.children_values[key] = copy_json(child.returnvalue)
-        self.save(parent)
-        self.child_done(parent.job.queue_name, parent.job.id)
-
-    def child_done(self, parent_queue: str, parent_id: str) -> JobState | None:
-        parent = self.find(parent_queue, parent_id)
-        if parent is None:
-            return None
-        job = parent.job
-        if job.pending_children > 0:
-            job.pending_children -= 1
-        if job.pending_children == 0 and job.state is JobState.WAITING_CHILDREN:
-            prev = self.move(parent, JobState.WAITING)
-            self.emit_state(job, prev)
-        else:
-            self.save(parent)
-        return job.state
-
-    def child_failed(self, child: _Row, reason: str) -> None:
-        job = child.job
-        parent = self.find(job.parent_queue_name, job.parent_id)
-        if parent is None:
-            return
-        policy = job.opts.fail_parent_on_child_failure
-        if policy is ChildFailurePolicy.FAIL:
-            self.fail_parent(parent, f"child {job.queue_name}:{job.id} failed: {reason}")
-        elif policy is ChildFailurePolicy.IGNORE:
-            self.child_done(parent.job.queue_name, parent.job.id)
-        else:
-            job.parent_id = None
-            job.parent_queue_name = None
-            self.save(child)
-            self.child_done(parent.job.queue_name, parent.job.id)
-
-    def fail_parent(self, parent: _Row, reason: str) -> bool:
-        if parent.job.state is not JobState.WAITING_CHILDREN:
-            return False
-        self.fail(parent, reason, cancelled=False)
-        return True
+    async def keep_newest(self, queue: str, state: JobState, keep: int) -> None:
+        self.conn.execute(
+            """DELETE FROM conveyor_jobs WHERE pk IN (
+                SELECT pk FROM conveyor_jobs WHERE queue = ? AND state = ?
+                ORDER BY seq DESC LIMIT -1 OFFSET ?)""",
+            (queue, state.value, keep),
+        )
 
 
 class SqliteStore(StoreBase):
@@ -834,7 +683,7 @@ class SqliteStore(StoreBase):
                 if in_call is not None:
                     out.append(in_call)
                 else:
-                    stored = tx.find(job.queue_name, holder)
+                    stored = tx.find_now(job.queue_name, holder)
                     assert stored is not None  # _holder found it in this transaction
                     out.append(stored.job)
                 continue
@@ -863,14 +712,14 @@ class SqliteStore(StoreBase):
                     job.state.value,
                     job.group_id or "",
                     job.opts.priority,
-                    tx.seq_for(job),
+                    tx.place(job, tx.next_seq_now(job.queue_name)),
                     now,
                     _ts(job.delay_until),
                     job.deduplication_key,
                     _ts(job.deduplication_until),
                     job.parent_queue_name,
                     job.parent_id,
-                    _record(job),
+                    record_json(job),
                 )
             )
             queues.add(job.queue_name)
@@ -906,7 +755,7 @@ class SqliteStore(StoreBase):
         check_name(job_id, "job_id")
 
         def body(tx: _Tx) -> JobData | None:
-            row = tx.find(queue_name, job_id)
+            row = tx.find_now(queue_name, job_id)
             return None if row is None else row.job
 
         return await self._read(body)
@@ -915,11 +764,8 @@ class SqliteStore(StoreBase):
         check_name(job_id, "job_id")
 
         def body(tx: _Tx) -> JobData | None:
-            row = tx.conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE id = ? ORDER BY pk LIMIT 1",
-                (job_id,),
-            ).fetchone()
-            return None if row is None else _load(row).job
+            rows = tx.rows_of("id = ? ORDER BY pk LIMIT 1", (job_id,))
+            return rows[0].job if rows else None
 
         return await self._read(body)
 
@@ -929,7 +775,7 @@ class SqliteStore(StoreBase):
 
         def body(tx: _Tx) -> JobData | None:
             holder = self._holder(tx, queue_name, key)
-            row = None if holder is None else tx.find(queue_name, holder)
+            row = None if holder is None else tx.find_now(queue_name, holder)
             return None if row is None else row.job
 
         return await self._read(body)
@@ -949,130 +795,25 @@ class SqliteStore(StoreBase):
         clean = check_updates(updates)
         if expected_state is not None:
             expected_state = JobState.parse(expected_state, "expected_state")
-
-        def body(tx: _Tx) -> bool:
-            row = tx.find(queue_name, job_id)
-            if row is None or (expected_state is not None and row.job.state is not expected_state):
-                return False
-            job = row.job
-            changes = dict(clean)
-            new_state = changes.pop("state", job.state)
-            if new_state is not job.state:
-                if job.state is JobState.ACTIVE:
-                    raise InvalidJobStateError(
-                        f"job {job_id!r} is active: its worker ends it (finish, release or cancel)"
-                    )
-                if new_state not in (JobState.WAITING, JobState.DELAYED):
-                    raise InvalidJobStateError(
-                        f"update_job moves a job only to waiting or delayed, not {new_state.value}"
-                    )
-            delay_until = changes.get("delay_until", job.delay_until)
-            if new_state is JobState.DELAYED and delay_until is None:
-                raise InvalidArgumentError(
-                    "updates.delay_until", "a delayed job needs a delay_until"
-                )
-            prev = job.state
-            for key, value in changes.items():
-                setattr(job, key, value)
-            if new_state is JobState.WAITING and prev is not JobState.WAITING:
-                job.delay_until = None
-            job.state = new_state
-            if new_state is not prev or (
-                prev is JobState.DELAYED and ("opts" in changes or "delay_until" in changes)
-            ):
-                tx.save(row, seq=tx.seq_for(job))
-            else:
-                tx.save(row)
-            if new_state is not prev:
-                tx.emit_state(job, prev)
-            if "progress" in changes:
-                tx.emit(queue_name, EventType.PROGRESS, job_id, progress=copy_json(job.progress))
-            return True
-
-        return await self._write(body)
+        return await self._write(
+            lambda tx: run_now(tx.update_job(queue_name, job_id, clean, expected_state))
+        )
 
     async def add_log(self, queue_name: str, job_id: str, message: str) -> int:
         check_name(queue_name, "queue_name")
         check_name(job_id, "job_id")
         check_text(message, "message")
-
-        def body(tx: _Tx) -> int:
-            row = tx.find(queue_name, job_id)
-            if row is None:
-                raise JobNotFoundError(queue_name, job_id)
-            row.job.logs.append(message)
-            tx.save(row)
-            return len(row.job.logs)
-
-        return await self._write(body)
-
-    def _children(self, tx: _Tx, queue: str, job_id: str) -> list[_Row]:
-        rows = tx.conn.execute(
-            f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs
-            WHERE parent_queue = ? AND parent_id = ? ORDER BY pk""",
-            (queue, job_id),
-        ).fetchall()
-        return [_load(row) for row in rows]
-
-    def _descendants(self, tx: _Tx, row: _Row) -> list[_Row]:
-        """The job, then its children, depth first (parents before children)."""
-        out = [row]
-        for child in self._children(tx, row.job.queue_name, row.job.id):
-            out.extend(self._descendants(tx, child))
-        return out
+        return await self._write(lambda tx: run_now(tx.add_log(queue_name, job_id, message)))
 
     async def remove_job(self, queue_name: str, job_id: str) -> bool:
         check_name(queue_name, "queue_name")
         check_name(job_id, "job_id")
-
-        def body(tx: _Tx) -> bool:
-            row = tx.find(queue_name, job_id)
-            if row is None:
-                return False
-            doomed = self._descendants(tx, row)
-            for item in doomed:
-                if item.job.state is JobState.ACTIVE:
-                    raise InvalidJobStateError(
-                        f"job {item.job.queue_name}:{item.job.id} is active; cancel it or wait "
-                        "for it to finish"
-                    )
-            for item in reversed(doomed):
-                # Removing a child may have moved its parent: read each one afresh.
-                fresh = tx.find(item.job.queue_name, item.job.id)
-                if fresh is None:
-                    continue
-                tx.delete(fresh)
-                tx.emit(
-                    fresh.job.queue_name,
-                    EventType.REMOVED,
-                    fresh.job.id,
-                    prev=fresh.job.state.value,
-                )
-            return True
-
-        return await self._write(body)
+        return await self._write(lambda tx: run_now(tx.remove_job(queue_name, job_id)))
 
     async def cancel_job(self, queue_name: str, job_id: str) -> JobData | None:
         check_name(queue_name, "queue_name")
         check_name(job_id, "job_id")
-
-        def body(tx: _Tx) -> JobData | None:
-            row = tx.find(queue_name, job_id)
-            if row is None:
-                return None
-            job = row.job
-            if job.state in TERMINAL_STATES:
-                raise InvalidJobStateError(f"job {job_id!r} already {job.state.value}")
-            if job.state is JobState.ACTIVE:
-                if job.cancelled_at is None:
-                    job.cancelled_at = from_timestamp(tx.now)
-                    tx.save(row)
-                    tx.emit(queue_name, EventType.CANCEL_REQUESTED, job_id)
-                return job
-            tx.fail(row, "cancelled", cancelled=True)
-            return job
-
-        return await self._write(body)
+        return await self._write(lambda tx: run_now(tx.cancel_job(queue_name, job_id)))
 
     # -- claiming ----------------------------------------------------------------------------------
 
@@ -1162,7 +903,7 @@ class SqliteStore(StoreBase):
         if not picks:
             return []
 
-        counters = tx.queue_counters(queue)
+        counters = tx.counters_now(queue)
         tick = counters[1]
         served: dict[str, int] = {}
         claimed: list[JobData] = []
@@ -1171,7 +912,7 @@ class SqliteStore(StoreBase):
         processed = from_timestamp(now)
         lock_until = now + duration
         for pk, lane in picks:
-            seq = tx.next_seq(queue)
+            seq = tx.next_seq_now(queue)
             token = f"{worker_id}:{seq}"
             record, version = conn.execute(
                 """UPDATE conveyor_jobs SET state = 'active', seq = ?, processed_at = ?,
@@ -1242,7 +983,7 @@ class SqliteStore(StoreBase):
                     '$.completed_at', ?, '$.attempts_made', ?)
             WHERE pk = ? AND version = ?""",
             (
-                tx.next_seq(claim.queue),
+                tx.next_seq_now(claim.queue),
                 tx.now,
                 attempt,
                 _ENCODER.encode(returnvalue),
@@ -1254,7 +995,7 @@ class SqliteStore(StoreBase):
         )
         if cursor.rowcount != 1:
             return False
-        tx.count_finished(claim.queue, JobState.COMPLETED)
+        tx.tally(tx.counters_now(claim.queue), claim.queue, JobState.COMPLETED)
         tx.emit(
             claim.queue,
             JobState.COMPLETED.value,
@@ -1329,14 +1070,6 @@ class SqliteStore(StoreBase):
             out.extend(r[0] for r in rows)
         return out
 
-    def _held(self, tx: _Tx, queue: str, job_id: str, token: str) -> _Row | None:
-        row = tx.conn.execute(
-            f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs
-            WHERE queue = ? AND id = ? AND state = 'active' AND lock_token = ?""",
-            (queue, job_id, token),
-        ).fetchone()
-        return None if row is None else _load(row)
-
     async def extend_locks(
         self, queue_name: str, locks: Mapping[str, str], duration: Duration
     ) -> dict[str, LockStatus]:
@@ -1371,19 +1104,9 @@ class SqliteStore(StoreBase):
         check_name(queue_name, "queue_name")
         check_name(job_id, "job_id")
         check_name(lock_token, "lock_token")
-
-        def body(tx: _Tx) -> bool:
-            row = self._held(tx, queue_name, job_id, lock_token)
-            if row is None:
-                return False
-            job = row.job
-            tx.record_attempt(job, "released", None, count=False)
-            tx.clear_lock(job)
-            prev = tx.move(row, JobState.WAITING, head=True)
-            tx.emit_state(job, prev)
-            return True
-
-        return await self._write(body)
+        return await self._write(
+            lambda tx: run_now(tx.release_lock(queue_name, job_id, lock_token))
+        )
 
     async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[bool]:
         clean = check_outcomes(outcomes)
@@ -1402,42 +1125,7 @@ class SqliteStore(StoreBase):
             and self._complete_claimed(tx, claim, outcome)
         ):
             return True
-        row = self._held(tx, outcome.queue_name, outcome.job_id, outcome.lock_token)
-        if row is None:
-            return False
-        job = row.job
-        kind = outcome.kind
-        if job.cancelled_at is not None and kind in (OutcomeKind.RETRY, OutcomeKind.DELAY):
-            kind = OutcomeKind.FAILED
-            outcome = attrs.evolve(outcome, failed_reason=outcome.failed_reason or "cancelled")
-        tx.record_attempt(
-            job, kind.value, outcome.failed_reason, count=kind is not OutcomeKind.DELAY
-        )
-        tx.clear_lock(job)
-        if outcome.stacktrace is not None:
-            job.stacktrace.append(outcome.stacktrace)
-        if kind is OutcomeKind.COMPLETED:
-            job.returnvalue = outcome.returnvalue
-            job.completed_at = from_timestamp(tx.now)
-            tx.move(row, JobState.COMPLETED)
-            tx.emit_state(job, JobState.ACTIVE, returnvalue=copy_json(outcome.returnvalue))
-            tx.child_completed(job)
-            tx.apply_removal(row, job.opts.remove_on_complete)
-        elif kind is OutcomeKind.FAILED:
-            tx.fail(row, outcome.failed_reason or "failed", cancelled=outcome.cancelled)
-        else:
-            if kind is OutcomeKind.RETRY:
-                job.failed_reason = outcome.failed_reason
-            if outcome.delay > 0:
-                job.delay_until = from_timestamp(tx.now + outcome.delay)
-                tx.move(row, JobState.DELAYED)
-            else:
-                tx.move(row, JobState.WAITING)
-            tx.emit_state(
-                job, JobState.ACTIVE, failed_reason=job.failed_reason,
-                delay_until=job.delay_until and job.delay_until.isoformat(),
-            )  # fmt: skip
-        return True
+        return run_now(tx.finish(outcome))
 
     # -- flows -------------------------------------------------------------------------------------
 
@@ -1446,7 +1134,7 @@ class SqliteStore(StoreBase):
     ) -> JobState | None:
         check_name(parent_queue_name, "parent_queue_name")
         check_name(parent_id, "parent_id")
-        return await self._write(lambda tx: tx.child_done(parent_queue_name, parent_id))
+        return await self._write(lambda tx: run_now(tx.child_done(parent_queue_name, parent_id)))
 
     async def fail_parent_on_child_failure(
         self, parent_queue_name: str, parent_id: str, reason: str
@@ -1454,29 +1142,25 @@ class SqliteStore(StoreBase):
         check_name(parent_queue_name, "parent_queue_name")
         check_name(parent_id, "parent_id")
         check_text(reason, "reason")
-
-        def body(tx: _Tx) -> bool:
-            parent = tx.find(parent_queue_name, parent_id)
-            return parent is not None and tx.fail_parent(parent, reason)
-
-        return await self._write(body)
+        return await self._write(
+            lambda tx: run_now(
+                tx.fail_parent_on_child_failure(parent_queue_name, parent_id, reason)
+            )
+        )
 
     async def get_children_jobs(self, parent_queue_name: str, parent_id: str) -> list[JobData]:
         check_name(parent_queue_name, "parent_queue_name")
         check_name(parent_id, "parent_id")
         return await self._read(
-            lambda tx: [row.job for row in self._children(tx, parent_queue_name, parent_id)]
+            lambda tx: [row.job for row in run_now(tx.children(parent_queue_name, parent_id))]
         )
 
     # -- stalled jobs ------------------------------------------------------------------------------
 
-    def _expired(self, tx: _Tx, queue: str) -> list[_Row]:
-        rows = tx.conn.execute(
-            f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs
-            WHERE queue = ? AND state = 'active' AND lock_until <= ? ORDER BY seq""",
-            (queue, tx.now),
-        ).fetchall()
-        return [_load(row) for row in rows]
+    def _expired(self, tx: _Tx, queue: str) -> list[Row]:
+        return tx.rows_of(
+            "queue = ? AND state = 'active' AND lock_until <= ? ORDER BY seq", (queue, tx.now)
+        )
 
     async def get_stalled_jobs(self, queue_name: str) -> list[JobData]:
         check_name(queue_name, "queue_name")
@@ -1485,26 +1169,11 @@ class SqliteStore(StoreBase):
     async def recover_stalled_jobs(self, queue_name: str, max_stalled_count: int) -> list[JobData]:
         check_name(queue_name, "queue_name")
         check_int(max_stalled_count, "max_stalled_count", minimum=0)
-
-        def body(tx: _Tx) -> list[JobData]:
-            out = []
-            for row in self._expired(tx, queue_name):
-                job = row.job
-                job.stalled_count += 1
-                tx.record_attempt(job, "stalled", None, count=False)
-                tx.emit(queue_name, EventType.STALLED, job.id, stalled_count=job.stalled_count)
-                if job.cancelled_at is not None:
-                    tx.fail(row, "cancelled", cancelled=True)
-                elif job.stalled_count > max_stalled_count:
-                    tx.fail(row, "job stalled more than allowable limit", cancelled=False)
-                else:
-                    tx.clear_lock(job)
-                    prev = tx.move(row, JobState.WAITING, head=True)
-                    tx.emit_state(job, prev)
-                out.append(job)
-            return out
-
-        return await self._write(body)
+        return await self._write(
+            lambda tx: run_now(
+                tx.recover_stalled(queue_name, self._expired(tx, queue_name), max_stalled_count)
+            )
+        )
 
     # -- queries -----------------------------------------------------------------------------------
 
@@ -1524,12 +1193,11 @@ class SqliteStore(StoreBase):
         count = -1 if end == -1 else max(end - start + 1, 0)
 
         def body(tx: _Tx) -> list[JobData]:
-            rows = tx.conn.execute(
-                f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE queue = ? AND state = ?
-                ORDER BY {order} LIMIT ? OFFSET ?""",
+            rows = tx.rows_of(
+                f"queue = ? AND state = ? ORDER BY {order} LIMIT ? OFFSET ?",
                 (queue_name, state.value, count, start),
-            ).fetchall()
-            return [_load(row).job for row in rows]
+            )
+            return [row.job for row in rows]
 
         return await self._read(body)
 
@@ -1642,17 +1310,9 @@ class SqliteStore(StoreBase):
         return await self._write(lambda tx: self._promote(tx, queue_name, due=False))
 
     def _promote(self, tx: _Tx, queue: str, *, due: bool) -> int:
-        rows = tx.conn.execute(
-            f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE queue = ? AND state = 'delayed'
-            {"AND delay_until <= ?" if due else ""} ORDER BY delay_until, seq""",
-            (queue, tx.now) if due else (queue,),
-        ).fetchall()
-        for raw in rows:
-            row = _load(raw)
-            row.job.delay_until = None
-            prev = tx.move(row, JobState.WAITING)
-            tx.emit_state(row.job, prev)
-        return len(rows)
+        where = "queue = ? AND state = 'delayed'" + (" AND delay_until <= ?" if due else "")
+        params = (queue, tx.now) if due else (queue,)
+        return run_now(tx.promote(tx.rows_of(where + " ORDER BY delay_until, seq", params)))
 
     # -- pause / resume ----------------------------------------------------------------------------
 
@@ -1720,15 +1380,13 @@ class SqliteStore(StoreBase):
                     JobState.WAITING: "created_at, priority, seq",
                     JobState.DELAYED: "created_at, delay_until, seq",
                 }.get(state, "created_at, seq")
-            rows = tx.conn.execute(
-                f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs
-                WHERE queue = ? AND state = ? AND {where} ORDER BY {order} LIMIT ?""",
+            rows = tx.rows_of(
+                f"queue = ? AND state = ? AND {where} ORDER BY {order} LIMIT ?",
                 (queue_name, state.value, cutoff, -1 if limit is None else limit),
-            ).fetchall()
-            for raw in rows:
-                tx.delete(_load(raw))
-            tx.emit(queue_name, EventType.CLEANED, None, state=state.value, count=len(rows))
-            return len(rows)
+            )
+            count = run_now(tx.delete_all(rows))
+            tx.emit(queue_name, EventType.CLEANED, None, state=state.value, count=count)
+            return count
 
         return await self._write(body)
 
@@ -1736,15 +1394,10 @@ class SqliteStore(StoreBase):
         check_name(queue_name, "queue_name")
 
         def body(tx: _Tx) -> int:
-            rows = tx.conn.execute(
-                f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs
-                WHERE queue = ? AND state IN ('waiting', 'delayed')""",
-                (queue_name,),
-            ).fetchall()
-            for raw in rows:
-                tx.delete(_load(raw))
-            tx.emit(queue_name, EventType.DRAINED, None, count=len(rows))
-            return len(rows)
+            rows = tx.rows_of("queue = ? AND state IN ('waiting', 'delayed')", (queue_name,))
+            count = run_now(tx.delete_all(rows))
+            tx.emit(queue_name, EventType.DRAINED, None, count=count)
+            return count
 
         return await self._write(body)
 
@@ -1768,18 +1421,16 @@ class SqliteStore(StoreBase):
                 return
             # Children in other queues of this queue's jobs lose their parent; parents in
             # other queues of this queue's unfinished jobs stop waiting for them.
-            rows = conn.execute(
-                f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE queue = ?
-                AND parent_id IS NOT NULL AND parent_queue != ?
+            rows = tx.rows_of(
+                """queue = ? AND parent_id IS NOT NULL AND parent_queue != ?
                 AND state NOT IN ('completed', 'failed')""",
                 (queue_name, queue_name),
-            ).fetchall()
+            )
             conn.execute("DELETE FROM conveyor_jobs WHERE queue = ?", (queue_name,))
-            for raw in rows:
-                row = _load(raw)
+            for row in rows:
                 parent_queue, parent_id = row.job.parent_queue_name, row.job.parent_id
                 if parent_queue is not None and parent_id is not None:
-                    tx.child_done(parent_queue, parent_id)
+                    run_now(tx.child_done(parent_queue, parent_id))
             for table, column in (
                 ("conveyor_paused", "queue"),
                 ("conveyor_lanes", "queue"),
@@ -1807,23 +1458,8 @@ class SqliteStore(StoreBase):
             raise InvalidArgumentError("state", "only failed or completed jobs can be retried")
 
         def body(tx: _Tx) -> int:
-            rows = tx.conn.execute(
-                f"""SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE queue = ? AND state = ?
-                ORDER BY seq""",
-                (queue_name, state.value),
-            ).fetchall()
-            for raw in rows:
-                row = _load(raw)
-                job = row.job
-                job.attempts_made = 0
-                job.stalled_count = 0
-                job.failed_reason = None
-                job.returnvalue = None
-                job.processed_at = job.completed_at = job.failed_at = job.cancelled_at = None
-                job.discarded = False
-                prev = tx.move(row, JobState.WAITING)
-                tx.emit_state(job, prev)
-            return len(rows)
+            where = "queue = ? AND state = ? ORDER BY seq"
+            return run_now(tx.retry(tx.rows_of(where, (queue_name, state.value))))
 
         return await self._write(body)
 

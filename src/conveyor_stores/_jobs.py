@@ -1,0 +1,479 @@
+"""The job logic the SQL stores share, written once.
+
+SqliteStore and PgStore keep jobs the same way (a row per job: the record, plus columns for
+what queries filter on) and change them the same way: a retry, a failure with its parent's
+policy, a stalled job taken back, a removal with its descendants. That logic lives here, as
+``async`` code over :class:`JobTx`, a transaction that each store implements with its own SQL.
+
+PgStore awaits it. SqliteStore never awaits inside a transaction (nothing may interleave with
+it on its one connection), and its primitives never suspend, so it drives the same coroutines
+to completion on the spot with :func:`run_now`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
+
+import attrs
+
+from conveyor.store import (
+    TERMINAL_STATES,
+    ChildFailurePolicy,
+    EventType,
+    InvalidArgumentError,
+    InvalidJobStateError,
+    JobData,
+    JobNotFoundError,
+    JobOutcome,
+    JobState,
+    OutcomeKind,
+    StoreEvent,
+    copy_json,
+    from_timestamp,
+    to_json,
+)
+from conveyor.store._base import add_attempt
+
+__all__ = ["JobTx", "Row", "record_json", "run_now"]
+
+T = TypeVar("T")
+
+_PREV_DATA: dict[JobState | None, dict[str, str | None]] = {
+    state: {"prev": state and state.value} for state in (None, *JobState)
+}
+"""The data of a plain state-change event, shared (only ever encoded, never handed out)."""
+
+
+def run_now(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends to its end, here and now (no event loop)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a transaction body waited on something; it must not")
+
+
+def record_json(job: JobData) -> str:
+    """The job's JSON without the claim fields, which live in their own columns."""
+    saved = (job.state, job.processed_at, job.lock_until, job.locked_by, job.lock_token)
+    job.state = JobState.WAITING
+    job.processed_at = job.lock_until = job.locked_by = job.lock_token = None
+    try:
+        return to_json(job)
+    finally:
+        job.state, job.processed_at, job.lock_until, job.locked_by, job.lock_token = saved
+
+
+@attrs.define
+class Row:
+    """A job read inside a transaction: its row id and its record, to change and save."""
+
+    pk: int
+    job: JobData
+
+
+class JobTx(abc.ABC):
+    """One write (or read) transaction of a SQL store: the time it runs at, the events it
+    publishes, and the job logic on top of the store's primitives."""
+
+    def __init__(self, now: float, *, local: bool) -> None:
+        self.now = now
+        self.rows: list[tuple[Any, ...]] = []
+        """Events for other processes, ``(queue, type, job_id, data)`` (``+ (at,)`` when not
+        at the transaction's time), written by the store at the end."""
+        self.events: list[StoreEvent] = []
+        """The same events for the store's own subscribers (only built when it has some)."""
+        self._local = local
+        self.callbacks: list[Callable[[], Any]] = []
+        self.counters: dict[str, list[int]] = {}
+        """Queue rows read by this transaction: [seq, tick, plain_served, completed, failed],
+        written back once at the end."""
+        self.finished: dict[tuple[str, str], int] = {}
+        """Jobs that entered ``completed`` / ``failed``, per queue and state, for metrics."""
+
+    # -- the store's primitives ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def queue_counters(self, queue: str) -> list[int]:
+        """The queue's counter row (created if missing), kept in ``counters``."""
+
+    @abc.abstractmethod
+    async def find(self, queue: str | None, job_id: str | None) -> Row | None: ...
+
+    @abc.abstractmethod
+    async def held(self, queue: str, job_id: str, token: str) -> Row | None:
+        """The job, if it is active and ``token`` holds its lock."""
+
+    @abc.abstractmethod
+    async def children(self, queue: str, job_id: str) -> list[Row]: ...
+
+    @abc.abstractmethod
+    async def save(self, row: Row, *, seq: int | None = None) -> None:
+        """Write the whole job back (``seq``: its new place in its state, if it moved)."""
+
+    @abc.abstractmethod
+    async def delete_row(self, row: Row) -> None: ...
+
+    @abc.abstractmethod
+    async def keep_newest(self, queue: str, state: JobState, keep: int) -> None:
+        """Delete the queue's jobs in ``state`` but the ``keep`` most recent."""
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def after_commit(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` once the transaction has committed (not if it rolls back)."""
+        self.callbacks.append(callback)
+
+    def emit(self, queue: str, type_: str, job_id: str | None, **data: Any) -> None:
+        self.rows.append((queue, type_, job_id, data or None))
+        if self._local:
+            self.events.append(StoreEvent(type_, queue, job_id, data, from_timestamp(self.now)))
+
+    def emit_state(self, job: JobData, prev: JobState | None, **data: Any) -> None:
+        if data:
+            self.emit(job.queue_name, job.state.value, job.id, prev=prev and prev.value, **data)
+            return
+        # The common event (a state change and nothing more), without building its data.
+        self.rows.append((job.queue_name, job.state.value, job.id, _PREV_DATA[prev]))
+        if self._local:
+            event_data = {"prev": prev and prev.value}
+            self.events.append(
+                StoreEvent(
+                    job.state.value, job.queue_name, job.id, event_data, from_timestamp(self.now)
+                )
+            )
+
+    def publish(self, event: StoreEvent) -> None:
+        at = self.now if event.timestamp is None else event.timestamp.timestamp()
+        row = (event.queue_name, event.type, event.job_id, event.data or None)
+        self.rows.append(row if at == self.now else (*row, at))
+        if self._local:
+            if event.timestamp is None:
+                event = attrs.evolve(event, timestamp=from_timestamp(self.now))
+            self.events.append(event)
+
+    # -- sequence and counts ---------------------------------------------------------------------
+
+    async def next_seq(self, queue: str) -> int:
+        counters = await self.queue_counters(queue)
+        counters[0] += 1
+        return counters[0]
+
+    async def seq_for(self, job: JobData, *, head: bool = False) -> int:
+        return self.place(job, await self.next_seq(job.queue_name), head=head)
+
+    @staticmethod
+    def place(job: JobData, seq: int, *, head: bool = False) -> int:
+        """The ``seq`` column for a job taking sequence number ``seq`` in its state: waiting
+        jobs at the head of their priority (and LIFO ones) go negative, so they sort first."""
+        if job.state is JobState.WAITING and (head or job.opts.lifo):
+            return -seq
+        return seq
+
+    async def count_finished(self, queue: str, state: JobState) -> None:
+        self.tally(await self.queue_counters(queue), queue, state)
+
+    def tally(self, counters: list[int], queue: str, state: JobState) -> None:
+        """Count a job that entered ``completed`` or ``failed`` (``counters``: its queue's)."""
+        key = (queue, state.value)
+        self.finished[key] = self.finished.get(key, 0) + 1
+        counters[3 if state is JobState.COMPLETED else 4] += 1
+
+    # -- moving jobs -----------------------------------------------------------------------------
+
+    async def move(self, row: Row, state: JobState, *, head: bool = False) -> JobState:
+        """Put the job in ``state`` (at the head of its priority, for ``head``) and save it."""
+        job = row.job
+        prev = job.state
+        job.state = state
+        await self.save(row, seq=await self.seq_for(job, head=head))
+        if state in TERMINAL_STATES:
+            await self.count_finished(job.queue_name, state)
+        return prev
+
+    async def delete(self, row: Row) -> None:
+        """Remove one job; a child removed before finishing stops counting for its parent."""
+        job = row.job
+        await self.delete_row(row)
+        if (
+            job.parent_id is not None
+            and job.parent_queue_name is not None
+            and job.state not in TERMINAL_STATES
+        ):
+            await self.child_done(job.parent_queue_name, job.parent_id)
+
+    def clear_lock(self, job: JobData) -> None:
+        job.lock_until = None
+        job.locked_by = None
+        job.lock_token = None
+
+    def record_attempt(self, job: JobData, outcome: str, error: str | None, *, count: bool) -> None:
+        add_attempt(job, from_timestamp(self.now), outcome, error, count=count)
+
+    async def fail(self, row: Row, reason: str, *, cancelled: bool) -> None:
+        """Fail a job that is not yet finished, then apply its parent's policy and removal."""
+        job = row.job
+        job.failed_reason = reason
+        job.failed_at = from_timestamp(self.now)
+        if cancelled and job.cancelled_at is None:
+            job.cancelled_at = job.failed_at
+        self.clear_lock(job)
+        prev = await self.move(row, JobState.FAILED)
+        self.emit_state(job, prev, failed_reason=reason, cancelled=job.cancelled_at is not None)
+        await self.child_failed(row, reason)
+        await self.apply_removal(row, job.opts.remove_on_fail)
+
+    async def apply_removal(self, row: Row, policy: bool | int) -> None:
+        if policy is True:
+            await self.delete_row(row)
+        elif policy is not False:
+            await self.keep_newest(row.job.queue_name, row.job.state, policy)
+
+    # -- flows -----------------------------------------------------------------------------------
+
+    async def child_completed(self, child: JobData) -> None:
+        parent = await self.find(child.parent_queue_name, child.parent_id)
+        if parent is None:
+            return
+        key = f"{child.queue_name}:{child.id}"
+        parent.job.children_values[key] = copy_json(child.returnvalue)
+        await self.save(parent)
+        await self.child_done(parent.job.queue_name, parent.job.id)
+
+    async def child_done(self, parent_queue: str, parent_id: str) -> JobState | None:
+        parent = await self.find(parent_queue, parent_id)
+        if parent is None:
+            return None
+        job = parent.job
+        if job.pending_children > 0:
+            job.pending_children -= 1
+        if job.pending_children == 0 and job.state is JobState.WAITING_CHILDREN:
+            prev = await self.move(parent, JobState.WAITING)
+            self.emit_state(job, prev)
+        else:
+            await self.save(parent)
+        return job.state
+
+    async def child_failed(self, child: Row, reason: str) -> None:
+        job = child.job
+        parent = await self.find(job.parent_queue_name, job.parent_id)
+        if parent is None:
+            return
+        policy = job.opts.fail_parent_on_child_failure
+        if policy is ChildFailurePolicy.FAIL:
+            await self.fail_parent(parent, f"child {job.queue_name}:{job.id} failed: {reason}")
+        elif policy is ChildFailurePolicy.IGNORE:
+            await self.child_done(parent.job.queue_name, parent.job.id)
+        else:
+            job.parent_id = None
+            job.parent_queue_name = None
+            await self.save(child)
+            await self.child_done(parent.job.queue_name, parent.job.id)
+
+    async def fail_parent(self, parent: Row, reason: str) -> bool:
+        if parent.job.state is not JobState.WAITING_CHILDREN:
+            return False
+        await self.fail(parent, reason, cancelled=False)
+        return True
+
+    async def descendants(self, row: Row) -> list[Row]:
+        """The job, then its children, depth first (parents before children)."""
+        out = [row]
+        for child in await self.children(row.job.queue_name, row.job.id):
+            out.extend(await self.descendants(child))
+        return out
+
+    # -- operations (the bodies of the store methods of the same names) --------------------------
+
+    async def update_job(
+        self,
+        queue: str,
+        job_id: str,
+        clean: Mapping[str, Any],
+        expected_state: JobState | None,
+    ) -> bool:
+        row = await self.find(queue, job_id)
+        if row is None or (expected_state is not None and row.job.state is not expected_state):
+            return False
+        job = row.job
+        changes = dict(clean)
+        new_state = changes.pop("state", job.state)
+        if new_state is not job.state:
+            if job.state is JobState.ACTIVE:
+                raise InvalidJobStateError(
+                    f"job {job_id!r} is active: its worker ends it (finish, release or cancel)"
+                )
+            if new_state not in (JobState.WAITING, JobState.DELAYED):
+                raise InvalidJobStateError(
+                    f"update_job moves a job only to waiting or delayed, not {new_state.value}"
+                )
+        delay_until = changes.get("delay_until", job.delay_until)
+        if new_state is JobState.DELAYED and delay_until is None:
+            raise InvalidArgumentError("updates.delay_until", "a delayed job needs a delay_until")
+        prev = job.state
+        for key, value in changes.items():
+            setattr(job, key, value)
+        if new_state is JobState.WAITING and prev is not JobState.WAITING:
+            job.delay_until = None
+        job.state = new_state
+        if new_state is not prev or (
+            prev is JobState.DELAYED and ("opts" in changes or "delay_until" in changes)
+        ):
+            await self.save(row, seq=await self.seq_for(job))
+        else:
+            await self.save(row)
+        if new_state is not prev:
+            self.emit_state(job, prev)
+        if "progress" in changes:
+            self.emit(queue, EventType.PROGRESS, job_id, progress=copy_json(job.progress))
+        return True
+
+    async def add_log(self, queue: str, job_id: str, message: str) -> int:
+        row = await self.find(queue, job_id)
+        if row is None:
+            raise JobNotFoundError(queue, job_id)
+        row.job.logs.append(message)
+        await self.save(row)
+        return len(row.job.logs)
+
+    async def remove_job(self, queue: str, job_id: str) -> bool:
+        row = await self.find(queue, job_id)
+        if row is None:
+            return False
+        doomed = await self.descendants(row)
+        for item in doomed:
+            if item.job.state is JobState.ACTIVE:
+                raise InvalidJobStateError(
+                    f"job {item.job.queue_name}:{item.job.id} is active; cancel it or wait "
+                    "for it to finish"
+                )
+        for item in reversed(doomed):
+            # Removing a child may have moved its parent: read each one afresh.
+            fresh = await self.find(item.job.queue_name, item.job.id)
+            if fresh is None:
+                continue
+            await self.delete(fresh)
+            self.emit(
+                fresh.job.queue_name, EventType.REMOVED, fresh.job.id, prev=fresh.job.state.value
+            )
+        return True
+
+    async def cancel_job(self, queue: str, job_id: str) -> JobData | None:
+        row = await self.find(queue, job_id)
+        if row is None:
+            return None
+        job = row.job
+        if job.state in TERMINAL_STATES:
+            raise InvalidJobStateError(f"job {job_id!r} already {job.state.value}")
+        if job.state is JobState.ACTIVE:
+            if job.cancelled_at is None:
+                job.cancelled_at = from_timestamp(self.now)
+                await self.save(row)
+                self.emit(queue, EventType.CANCEL_REQUESTED, job_id)
+            return job
+        await self.fail(row, "cancelled", cancelled=True)
+        return job
+
+    async def release_lock(self, queue: str, job_id: str, token: str) -> bool:
+        row = await self.held(queue, job_id, token)
+        if row is None:
+            return False
+        job = row.job
+        self.record_attempt(job, "released", None, count=False)
+        self.clear_lock(job)
+        prev = await self.move(row, JobState.WAITING, head=True)
+        self.emit_state(job, prev)
+        return True
+
+    async def finish(self, outcome: JobOutcome) -> bool:
+        """Apply one outcome (the general path: the job is read, changed and saved)."""
+        row = await self.held(outcome.queue_name, outcome.job_id, outcome.lock_token)
+        if row is None:
+            return False
+        job = row.job
+        kind = outcome.kind
+        if job.cancelled_at is not None and kind in (OutcomeKind.RETRY, OutcomeKind.DELAY):
+            kind = OutcomeKind.FAILED
+            outcome = attrs.evolve(outcome, failed_reason=outcome.failed_reason or "cancelled")
+        self.record_attempt(
+            job, kind.value, outcome.failed_reason, count=kind is not OutcomeKind.DELAY
+        )
+        self.clear_lock(job)
+        if outcome.stacktrace is not None:
+            job.stacktrace.append(outcome.stacktrace)
+        if kind is OutcomeKind.COMPLETED:
+            job.returnvalue = outcome.returnvalue
+            job.completed_at = from_timestamp(self.now)
+            await self.move(row, JobState.COMPLETED)
+            self.emit_state(job, JobState.ACTIVE, returnvalue=copy_json(outcome.returnvalue))
+            await self.child_completed(job)
+            await self.apply_removal(row, job.opts.remove_on_complete)
+        elif kind is OutcomeKind.FAILED:
+            await self.fail(row, outcome.failed_reason or "failed", cancelled=outcome.cancelled)
+        else:
+            if kind is OutcomeKind.RETRY:
+                job.failed_reason = outcome.failed_reason
+            if outcome.delay > 0:
+                job.delay_until = from_timestamp(self.now + outcome.delay)
+                await self.move(row, JobState.DELAYED)
+            else:
+                await self.move(row, JobState.WAITING)
+            self.emit_state(
+                job, JobState.ACTIVE, failed_reason=job.failed_reason,
+                delay_until=job.delay_until and job.delay_until.isoformat(),
+            )  # fmt: skip
+        return True
+
+    async def fail_parent_on_child_failure(self, queue: str, parent_id: str, reason: str) -> bool:
+        parent = await self.find(queue, parent_id)
+        return parent is not None and await self.fail_parent(parent, reason)
+
+    async def recover_stalled(
+        self, queue: str, expired: list[Row], max_stalled_count: int
+    ) -> list[JobData]:
+        """Take back ``expired`` (active jobs whose lock ran out)."""
+        out = []
+        for row in expired:
+            job = row.job
+            job.stalled_count += 1
+            self.record_attempt(job, "stalled", None, count=False)
+            self.emit(queue, EventType.STALLED, job.id, stalled_count=job.stalled_count)
+            if job.cancelled_at is not None:
+                await self.fail(row, "cancelled", cancelled=True)
+            elif job.stalled_count > max_stalled_count:
+                await self.fail(row, "job stalled more than allowable limit", cancelled=False)
+            else:
+                self.clear_lock(job)
+                prev = await self.move(row, JobState.WAITING, head=True)
+                self.emit_state(job, prev)
+            out.append(job)
+        return out
+
+    async def promote(self, delayed: list[Row]) -> int:
+        for row in delayed:
+            row.job.delay_until = None
+            prev = await self.move(row, JobState.WAITING)
+            self.emit_state(row.job, prev)
+        return len(delayed)
+
+    async def retry(self, finished: list[Row]) -> int:
+        """Send finished jobs back to waiting, as new."""
+        for row in finished:
+            job = row.job
+            job.attempts_made = 0
+            job.stalled_count = 0
+            job.failed_reason = None
+            job.returnvalue = None
+            job.processed_at = job.completed_at = job.failed_at = job.cancelled_at = None
+            job.discarded = False
+            prev = await self.move(row, JobState.WAITING)
+            self.emit_state(job, prev)
+        return len(finished)
+
+    async def delete_all(self, rows: list[Row]) -> int:
+        for row in rows:
+            await self.delete(row)
+        return len(rows)
