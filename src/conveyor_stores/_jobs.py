@@ -13,21 +13,26 @@ to completion on the spot with :func:`run_now`.
 from __future__ import annotations
 
 import abc
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import attrs
 
 from conveyor.store import (
+    ALL_JOB_NAMES,
     TERMINAL_STATES,
     ChildFailurePolicy,
     EventType,
+    FetchOptions,
+    GroupFullError,
     InvalidArgumentError,
     InvalidJobStateError,
     JobData,
     JobNotFoundError,
     JobOutcome,
     JobState,
+    Limiter,
     OutcomeKind,
     StoreEvent,
     copy_json,
@@ -120,6 +125,27 @@ class JobTx(abc.ABC):
     @abc.abstractmethod
     async def keep_newest(self, queue: str, state: JobState, keep: int) -> None:
         """Delete the queue's jobs in ``state`` but the ``keep`` most recent."""
+
+    @abc.abstractmethod
+    async def dedup_holder(self, queue: str, key: str) -> str | None:
+        """The id of the job holding deduplication ``key`` in ``queue`` now, if any."""
+
+    @abc.abstractmethod
+    async def group_queued(self, queue: str, group: str) -> int:
+        """How many of the group's jobs are waiting or delayed."""
+
+    @abc.abstractmethod
+    async def count_state(self, queue: str, state: JobState) -> int: ...
+
+    @abc.abstractmethod
+    async def window(self, queue: str, scope: str, limiter: Limiter) -> int:
+        """Claims of a rate window still inside it (older ones are forgotten)."""
+
+    @abc.abstractmethod
+    async def candidates(
+        self, queue: str, lane: str, fetch: FetchOptions, paused: set[str], limit: int
+    ) -> list[int]:
+        """Up to ``limit`` claimable jobs (row ids) of a lane, in claim order."""
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -285,6 +311,174 @@ class JobTx(abc.ABC):
         for child in await self.children(row.job.queue_name, row.job.id):
             out.extend(await self.descendants(child))
         return out
+
+    # -- adding ----------------------------------------------------------------------------------
+
+    async def plan_insert(
+        self, jobs: list[JobData], *, flow: bool
+    ) -> tuple[list[JobData], list[tuple[JobData, int]]]:
+        """Decide how new jobs are added, before anything is written (so that a refused job
+        leaves nothing half-added): what the call returns for each job (the new job, or the
+        job already holding its deduplication key), and the jobs to insert with their ``seq``,
+        their state, times and events set. Raises ``GroupFullError``."""
+        holders: list[str | None] = []
+        keys_here: dict[tuple[str, str], str] = {}
+        group_here: dict[tuple[str, str], int] = {}
+        for job in jobs:
+            key = job.deduplication_key
+            if key is not None and not flow:
+                holder = keys_here.get((job.queue_name, key)) or await self.dedup_holder(
+                    job.queue_name, key
+                )
+                if holder is not None:
+                    holders.append(holder)
+                    continue
+                keys_here[(job.queue_name, key)] = job.id
+            group = job.opts.group
+            if group is not None and group.max_size is not None:
+                slot = (job.queue_name, group.id)
+                if slot not in group_here:
+                    group_here[slot] = await self.group_queued(job.queue_name, group.id)
+                if group_here[slot] >= group.max_size:
+                    raise GroupFullError(job.queue_name, group.id, group.max_size)
+                group_here[slot] += 1
+            holders.append(None)
+
+        pending: dict[tuple[str, str], int] = {}
+        if flow:
+            for job in jobs:
+                if job.parent_id is not None and job.parent_queue_name is not None:
+                    parent = (job.parent_queue_name, job.parent_id)
+                    pending[parent] = pending.get(parent, 0) + 1
+        now = self.now
+        created = from_timestamp(now)
+        out: list[JobData] = []
+        fresh: list[tuple[JobData, int]] = []
+        added: dict[tuple[str, str], JobData] = {}
+        counters: dict[str, list[int]] = {}
+        for job, holder in zip(jobs, holders, strict=True):
+            if holder is not None:
+                in_call = added.get((job.queue_name, holder))
+                if in_call is None:
+                    stored = await self.find(job.queue_name, holder)
+                    assert stored is not None  # dedup_holder found it in this transaction
+                    in_call = stored.job
+                out.append(in_call)
+                continue
+            job.created_at = created
+            if job.opts.delay > 0:
+                job.delay_until = from_timestamp(now + job.opts.delay)
+            children = pending.get((job.queue_name, job.id), 0)
+            if children:
+                job.state = JobState.WAITING_CHILDREN
+                job.pending_children = children
+            elif job.delay_until is not None and job.delay_until.timestamp() > now:
+                job.state = JobState.DELAYED
+            else:
+                job.state = JobState.WAITING
+                job.delay_until = None
+            dedup = job.opts.deduplication
+            if flow:
+                job.deduplication_key = None
+            elif job.deduplication_key is not None and dedup is not None and dedup.ttl is not None:
+                job.deduplication_until = from_timestamp(now + dedup.ttl)
+            # (the queue's counters once per queue, not a call per job: bulk adds are hot)
+            queue_counters = counters.get(job.queue_name)
+            if queue_counters is None:
+                queue_counters = counters[job.queue_name] = await self.queue_counters(
+                    job.queue_name
+                )
+            queue_counters[0] += 1
+            fresh.append((job, self.place(job, queue_counters[0])))
+            self.emit_state(job, None)
+            out.append(job)  # a clean copy made by validation: the caller may keep it
+            added[(job.queue_name, job.id)] = job
+        return out, fresh
+
+    # -- claiming --------------------------------------------------------------------------------
+
+    async def pick(
+        self,
+        queue: str,
+        lanes: list[tuple[str, int, int]],
+        paused: set[str],
+        fetch: FetchOptions,
+        limit: int,
+    ) -> list[tuple[int, str]]:
+        """Which jobs a claim takes, in order, as ``(row id, lane)``.
+
+        ``lanes``: ``(lane, served, active)`` of the lanes with waiting jobs ('' for jobs
+        without a group), least recently served first; ``paused``: the queue's paused names.
+        Round robin: the least recently served lane gives one job per turn; a lane at its group
+        concurrency or rate limit drops out of the call.
+        """
+        if ALL_JOB_NAMES in paused or (fetch.job_name is not None and fetch.job_name in paused):
+            return []
+        if fetch.max_global_concurrency is not None:
+            active_now = await self.count_state(queue, JobState.ACTIVE)
+            limit = min(limit, fetch.max_global_concurrency - active_now)
+        if fetch.limiter is not None:
+            limit = min(limit, fetch.limiter.max - await self.window(queue, "", fetch.limiter))
+        if limit <= 0:
+            return []
+        turns: deque[list[Any]] = deque(
+            [lane, active]
+            for lane, _served, active in lanes
+            if not (lane and lane in fetch.exclude_groups)
+        )
+        found: dict[str, deque[int]] = {}
+        window_used: dict[str, int] = {}
+        picks: list[tuple[int, str]] = []
+        while turns and len(picks) < limit:
+            entry = turns.popleft()
+            lane, active = entry
+            if lane and fetch.group_concurrency is not None and active >= fetch.group_concurrency:
+                continue
+            if lane and fetch.group_limiter is not None:
+                if lane not in window_used:
+                    window_used[lane] = await self.window(queue, f"g:{lane}", fetch.group_limiter)
+                if window_used[lane] >= fetch.group_limiter.max:
+                    continue
+            in_lane = found.get(lane)
+            if in_lane is None:
+                in_lane = found[lane] = deque(
+                    await self.candidates(queue, lane, fetch, paused, limit - len(picks))
+                )
+            if not in_lane:
+                continue  # nothing claimable in this lane (paused names, job_name)
+            picks.append((in_lane.popleft(), lane))
+            entry[1] += 1
+            if lane in window_used:
+                window_used[lane] += 1
+            turns.append(entry)
+        return picks
+
+    async def plan_claims(
+        self, queue: str, worker_id: str, picks: list[tuple[int, str]], fetch: FetchOptions
+    ) -> tuple[list[int], list[str], dict[str, int], list[str]]:
+        """The bookkeeping of a claim of ``picks``: each job's new ``seq`` and lock token, the
+        round-robin tick each group lane was served at, and the rate-limit scopes to record.
+        Moves the queue's tick (and when the group-less lane was served) in its counters."""
+        counters = await self.queue_counters(queue)
+        tick = counters[1]
+        seqs: list[int] = []
+        tokens: list[str] = []
+        served: dict[str, int] = {}
+        scopes: list[str] = []
+        for _pk, lane in picks:
+            counters[0] += 1
+            seqs.append(counters[0])
+            tokens.append(f"{worker_id}:{counters[0]}")
+            tick += 1
+            served[lane] = tick
+            if fetch.limiter is not None:
+                scopes.append("")
+            if fetch.group_limiter is not None and lane:
+                scopes.append(f"g:{lane}")
+        counters[1] = tick
+        if "" in served:
+            counters[2] = served.pop("")
+        return seqs, tokens, served, scopes
 
     # -- operations (the bodies of the store methods of the same names) --------------------------
 

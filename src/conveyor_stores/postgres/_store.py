@@ -31,7 +31,6 @@ import re
 import threading
 import urllib.parse
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -45,19 +44,18 @@ from anyio.lowlevel import checkpoint
 from psycopg import sql
 
 from conveyor.store import (
-    ALL_JOB_NAMES,
     TERMINAL_STATES,
     Clock,
     DuplicateJobError,
     Duration,
     EventType,
     FetchOptions,
-    GroupFullError,
     InvalidArgumentError,
     InvalidJobStateError,
     JobData,
     JobOutcome,
     JobState,
+    Limiter,
     LockStatus,
     MetricKind,
     Metrics,
@@ -266,6 +264,81 @@ class _Tx(JobTx):
                 SELECT pk FROM {jobs} WHERE queue = ? AND state = ? ORDER BY seq DESC OFFSET ?)""",
             (queue, state.value, keep),
         )
+
+    async def dedup_holder(self, queue: str, key: str) -> str | None:
+        row = await self.one(
+            """SELECT id FROM {jobs} WHERE queue = ? AND dedup_key = ? AND (
+                dedup_until > ? OR (dedup_until IS NULL AND state NOT IN ('completed', 'failed')))
+            ORDER BY pk DESC LIMIT 1""",
+            (queue, key, _dt(self.now)),
+        )
+        return None if row is None else str(row[0])
+
+    async def group_queued(self, queue: str, group: str) -> int:
+        row = await self.one(
+            "SELECT queued FROM {lanes} WHERE queue = ? AND lane = ?", (queue, group)
+        )
+        return 0 if row is None else int(row[0])
+
+    async def count_state(self, queue: str, state: JobState) -> int:
+        row = await self.one(
+            "SELECT count(*) FROM {jobs} WHERE queue = ? AND state = ?", (queue, state.value)
+        )
+        assert row is not None
+        return int(row[0])
+
+    async def window(self, queue: str, scope: str, limiter: Limiter) -> int:
+        store = self.store
+        _deleted, [(count,)] = await self.conn.pipeline(
+            [
+                (
+                    store._sql("DELETE FROM {rate} WHERE queue = ? AND scope = ? AND at <= ?"),
+                    (queue, scope, _dt(self.now - limiter.duration)),
+                ),
+                (
+                    store._sql("SELECT count(*) FROM {rate} WHERE queue = ? AND scope = ?"),
+                    (queue, scope),
+                ),
+            ]
+        )
+        return int(count)
+
+    async def candidates(
+        self, queue: str, lane: str, fetch: FetchOptions, paused: set[str], limit: int
+    ) -> list[int]:
+        where = "queue = ? AND lane = ? AND state = 'waiting'"
+        args: list[Any] = [queue, lane]
+        if fetch.job_name is not None:
+            where += " AND name = ?"
+            args.append(fetch.job_name)
+        elif paused:
+            where += " AND name <> ALL(?::text[])"
+            args.append(sorted(paused))
+        if not fetch.lifo:
+            rows = await self.execute(
+                f"SELECT pk FROM {{jobs}} WHERE {where} ORDER BY priority, seq LIMIT ?",
+                (*args, limit),
+            )
+            return [row[0] for row in rows]
+        # LIFO: the newest of the most urgent priority first, one priority at a time.
+        out: list[int] = []
+        priority: int | None = None
+        while len(out) < limit:
+            row = await self.one(
+                f"SELECT min(priority) FROM {{jobs}} WHERE {where}"
+                + ("" if priority is None else " AND priority > ?"),
+                (*args,) if priority is None else (*args, priority),
+            )
+            if row is None or row[0] is None:
+                break
+            priority = int(row[0])
+            rows = await self.execute(
+                f"""SELECT pk FROM {{jobs}} WHERE {where} AND priority = ?
+                ORDER BY seq DESC LIMIT ?""",
+                (*args, priority, limit - len(out)),
+            )
+            out.extend(r[0] for r in rows)
+        return out
 
 
 class _Listener:
@@ -646,82 +719,11 @@ class PgStore(StoreBase):
                 )
         return await self._write(lambda tx: self._insert(tx, clean, flow=True))
 
-    async def _holder(self, tx: _Tx, queue: str, key: str) -> str | None:
-        row = await tx.one(
-            """SELECT id FROM {jobs} WHERE queue = ? AND dedup_key = ? AND (
-                dedup_until > ? OR (dedup_until IS NULL AND state NOT IN ('completed', 'failed')))
-            ORDER BY pk DESC LIMIT 1""",
-            (queue, key, _dt(tx.now)),
-        )
-        return None if row is None else str(row[0])
-
     async def _insert(self, tx: _Tx, jobs: list[JobData], *, flow: bool) -> list[JobData]:
-        now = tx.now
-        # Decide everything first, so that a refused job leaves nothing half-added.
-        holders: list[str | None] = []
-        keys_here: dict[tuple[str, str], str] = {}
-        group_here: dict[tuple[str, str], int] = {}
-        for job in jobs:
-            key = job.deduplication_key
-            if key is not None and not flow:
-                holder = keys_here.get((job.queue_name, key)) or await self._holder(
-                    tx, job.queue_name, key
-                )
-                if holder is not None:
-                    holders.append(holder)
-                    continue
-                keys_here[(job.queue_name, key)] = job.id
-            group = job.opts.group
-            if group is not None and group.max_size is not None:
-                slot = (job.queue_name, group.id)
-                if slot not in group_here:
-                    row = await tx.one(
-                        "SELECT queued FROM {lanes} WHERE queue = ? AND lane = ?", slot
-                    )
-                    group_here[slot] = 0 if row is None else int(row[0])
-                if group_here[slot] >= group.max_size:
-                    raise GroupFullError(job.queue_name, group.id, group.max_size)
-                group_here[slot] += 1
-            holders.append(None)
-
-        pending: dict[tuple[str, str], int] = {}
-        if flow:
-            for job in jobs:
-                if job.parent_id is not None and job.parent_queue_name is not None:
-                    parent = (job.parent_queue_name, job.parent_id)
-                    pending[parent] = pending.get(parent, 0) + 1
-        created = from_timestamp(now)
-        out: list[JobData] = []
-        added: dict[tuple[str, str], JobData] = {}
+        out, fresh = await tx.plan_insert(jobs, flow=flow)
+        created = from_timestamp(tx.now)
         columns: list[list[Any]] = [[] for _ in range(14)]
-        queues: set[str] = set()
-        for job, holder in zip(jobs, holders, strict=True):
-            if holder is not None:
-                in_call = added.get((job.queue_name, holder))
-                if in_call is not None:
-                    out.append(in_call)
-                else:
-                    stored = await tx.find(job.queue_name, holder)
-                    assert stored is not None  # _holder found it in this transaction
-                    out.append(stored.job)
-                continue
-            job.created_at = created
-            if job.opts.delay > 0:
-                job.delay_until = from_timestamp(now + job.opts.delay)
-            children = pending.get((job.queue_name, job.id), 0)
-            if children:
-                job.state = JobState.WAITING_CHILDREN
-                job.pending_children = children
-            elif job.delay_until is not None and job.delay_until.timestamp() > now:
-                job.state = JobState.DELAYED
-            else:
-                job.state = JobState.WAITING
-                job.delay_until = None
-            dedup = job.opts.deduplication
-            if flow:
-                job.deduplication_key = None
-            elif job.deduplication_key is not None and dedup is not None and dedup.ttl is not None:
-                job.deduplication_until = from_timestamp(now + dedup.ttl)
+        for job, seq in fresh:
             values = (
                 job.queue_name,
                 job.id,
@@ -729,7 +731,7 @@ class PgStore(StoreBase):
                 job.state.value,
                 job.group_id or "",
                 job.opts.priority,
-                await tx.seq_for(job),
+                seq,
                 created,
                 job.delay_until,
                 job.deduplication_key,
@@ -740,10 +742,7 @@ class PgStore(StoreBase):
             )
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
-            queues.add(job.queue_name)
-            tx.emit_state(job, None)
-            out.append(job)  # a clean copy made by validation: the caller may keep it
-            added[(job.queue_name, job.id)] = job
+        queues = {job.queue_name for job, _seq in fresh}
         if not columns[0]:
             return out
         await tx.execute(
@@ -762,9 +761,9 @@ class PgStore(StoreBase):
         )
         if len(inserted) != len(columns[0]):
             # An id already taken in its queue: raising rolls the whole call back.
-            fresh = {(queue, job_id) for queue, job_id in inserted}
+            written = {(queue, job_id) for queue, job_id in inserted}
             for queue, job_id in zip(columns[0], columns[1], strict=True):
-                if (queue, job_id) not in fresh:
+                if (queue, job_id) not in written:
                     raise DuplicateJobError(queue, job_id)
         return out
 
@@ -794,7 +793,7 @@ class PgStore(StoreBase):
         check_name(key, "key")
 
         async def body(tx: _Tx) -> JobData | None:
-            holder = await self._holder(tx, queue_name, key)
+            holder = await tx.dedup_holder(queue_name, key)
             row = None if holder is None else await tx.find(queue_name, holder)
             return None if row is None else row.job
 
@@ -882,96 +881,30 @@ class PgStore(StoreBase):
         if not lanes:
             return []
         paused = {row[0] for row in paused_rows}
-        if ALL_JOB_NAMES in paused or (fetch.job_name is not None and fetch.job_name in paused):
-            return []
-        now = tx.now
-        if fetch.max_global_concurrency is not None:
-            active_now = await self._count(tx, queue, JobState.ACTIVE)
-            limit = min(limit, fetch.max_global_concurrency - active_now)
-        if fetch.limiter is not None:
-            used = await self._window(tx, queue, "", fetch.limiter)
-            limit = min(limit, fetch.limiter.max - used)
-        if limit <= 0:
-            return []
-
-        # Round robin: serve the least recently served lane, one job per turn.
-        turns: deque[list[Any]] = deque(
-            [lane, active]
-            for lane, _served, active in lanes
-            if not (lane and lane in fetch.exclude_groups)
-        )
-        candidates: dict[str, deque[int]] = {}
-        window_used: dict[str, int] = {}
-        picks: list[tuple[int, str]] = []
-        while turns and len(picks) < limit:
-            entry = turns.popleft()
-            lane, active = entry
-            if lane and fetch.group_concurrency is not None and active >= fetch.group_concurrency:
-                continue
-            if lane and fetch.group_limiter is not None:
-                if lane not in window_used:
-                    window_used[lane] = await self._window(
-                        tx, queue, f"g:{lane}", fetch.group_limiter
-                    )
-                if window_used[lane] >= fetch.group_limiter.max:
-                    continue
-            queue_for_lane = candidates.get(lane)
-            if queue_for_lane is None:
-                queue_for_lane = candidates[lane] = deque(
-                    await self._candidates(tx, queue, lane, fetch, paused, limit - len(picks))
-                )
-            if not queue_for_lane:
-                continue
-            picks.append((queue_for_lane.popleft(), lane))
-            entry[1] += 1
-            if lane in window_used:
-                window_used[lane] += 1
-            turns.append(entry)
+        picks = await tx.pick(queue, lanes, paused, fetch, limit)
         if not picks:
             return []
-
-        counters = await tx.queue_counters(queue)
-        tick = counters[1]
-        served: dict[str, int] = {}
-        pks: list[int] = []
-        seqs: list[int] = []
-        tokens: list[str] = []
-        rate_scopes: list[str] = []
-        for pk, lane in picks:
-            seq = await tx.next_seq(queue)
-            pks.append(pk)
-            seqs.append(seq)
-            tokens.append(f"{worker_id}:{seq}")
-            tick += 1
-            served[lane] = tick
-            if fetch.limiter is not None:
-                rate_scopes.append("")
-            if fetch.group_limiter is not None and lane:
-                rate_scopes.append(f"g:{lane}")
-        processed = from_timestamp(now)
-        lock_until = from_timestamp(now + duration)
+        seqs, tokens, served, rate_scopes = await tx.plan_claims(queue, worker_id, picks, fetch)
+        processed = from_timestamp(tx.now)
+        lock_until = from_timestamp(tx.now + duration)
         rows = await tx.execute(
             """UPDATE {jobs} AS j SET state = 'active', seq = v.seq, processed_at = ?,
                 lock_until = ?, locked_by = ?, lock_token = v.token, version = j.version + 1
             FROM unnest(?::bigint[], ?::bigint[], ?::text[]) WITH ORDINALITY
                 AS v(pk, seq, token, ord)
             WHERE j.pk = v.pk RETURNING v.ord, j.record""",
-            (processed, lock_until, worker_id, pks, seqs, tokens),
+            (processed, lock_until, worker_id, [pk for pk, _lane in picks], seqs, tokens),
         )
         claimed: list[JobData] = []
-        for _ord, record in sorted(rows, key=lambda row: row[0]):
+        for ordinal, record in sorted(rows, key=lambda row: row[0]):
             job = structure(record, JobData)
-            index = int(_ord) - 1
             job.state = JobState.ACTIVE
             job.processed_at = processed
             job.lock_until = lock_until
             job.locked_by = worker_id
-            job.lock_token = tokens[index]
+            job.lock_token = tokens[int(ordinal) - 1]
             tx.emit_state(job, JobState.WAITING)
             claimed.append(job)
-        counters[1] = tick
-        if "" in served:
-            counters[2] = served.pop("")
         statements: list[tuple[bytes, Sequence[Any]]] = []
         if served:
             statements.append(
@@ -997,66 +930,6 @@ class PgStore(StoreBase):
         if statements:
             await tx.conn.pipeline(statements)
         return claimed
-
-    async def _window(self, tx: _Tx, queue: str, scope: str, limiter: Any) -> int:
-        """Claims of a rate window still inside it (older ones are forgotten)."""
-        since = _dt(tx.now - limiter.duration)
-        _deleted, [(count,)] = await tx.conn.pipeline(
-            [
-                (
-                    self._sql("DELETE FROM {rate} WHERE queue = ? AND scope = ? AND at <= ?"),
-                    (queue, scope, since),
-                ),
-                (
-                    self._sql("SELECT count(*) FROM {rate} WHERE queue = ? AND scope = ?"),
-                    (queue, scope),
-                ),
-            ]
-        )
-        return int(count)
-
-    async def _candidates(
-        self,
-        tx: _Tx,
-        queue: str,
-        lane: str,
-        fetch: FetchOptions,
-        paused: set[str],
-        limit: int,
-    ) -> list[int]:
-        """Up to ``limit`` claimable jobs of a lane, in claim order."""
-        where = "queue = ? AND lane = ? AND state = 'waiting'"
-        args: list[Any] = [queue, lane]
-        if fetch.job_name is not None:
-            where += " AND name = ?"
-            args.append(fetch.job_name)
-        elif paused:
-            where += " AND name <> ALL(?::text[])"
-            args.append(sorted(paused))
-        if not fetch.lifo:
-            rows = await tx.execute(
-                f"SELECT pk FROM {{jobs}} WHERE {where} ORDER BY priority, seq LIMIT ?",
-                (*args, limit),
-            )
-            return [row[0] for row in rows]
-        out: list[int] = []
-        priority: int | None = None
-        while len(out) < limit:
-            row = await tx.one(
-                f"SELECT min(priority) FROM {{jobs}} WHERE {where}"
-                + ("" if priority is None else " AND priority > ?"),
-                (*args,) if priority is None else (*args, priority),
-            )
-            if row is None or row[0] is None:
-                break
-            priority = int(row[0])
-            rows = await tx.execute(
-                f"""SELECT pk FROM {{jobs}} WHERE {where} AND priority = ?
-                ORDER BY seq DESC LIMIT ?""",
-                (*args, priority, limit - len(out)),
-            )
-            out.extend(r[0] for r in rows)
-        return out
 
     async def extend_locks(
         self, queue_name: str, locks: Mapping[str, str], duration: Duration
@@ -1183,17 +1056,10 @@ class PgStore(StoreBase):
 
         return await self._read(body)
 
-    async def _count(self, tx: _Tx, queue: str, state: JobState) -> int:
-        row = await tx.one(
-            "SELECT count(*) FROM {jobs} WHERE queue = ? AND state = ?", (queue, state.value)
-        )
-        assert row is not None
-        return int(row[0])
-
     async def count_jobs(self, queue_name: str, state: JobState) -> int:
         check_name(queue_name, "queue_name")
         state = JobState.parse(state)
-        return await self._read(lambda tx: self._count(tx, queue_name, state))
+        return await self._read(lambda tx: tx.count_state(queue_name, state))
 
     async def get_job_counts(self, queue_name: str) -> dict[JobState, int]:
         check_name(queue_name, "queue_name")
@@ -1403,7 +1269,7 @@ class PgStore(StoreBase):
         check_name(queue_name, "queue_name")
 
         async def body(tx: _Tx) -> None:
-            active = await self._count(tx, queue_name, JobState.ACTIVE)
+            active = await tx.count_state(queue_name, JobState.ACTIVE)
             if active and not force:
                 raise InvalidJobStateError(
                     f"queue {queue_name!r} has {active} active jobs; pass force=True to remove "

@@ -32,7 +32,6 @@ import sqlite3
 import time
 import urllib.parse
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -44,7 +43,6 @@ import attrs
 from anyio.lowlevel import checkpoint
 
 from conveyor.store import (
-    ALL_JOB_NAMES,
     TERMINAL_STATES,
     AttemptRecord,
     Clock,
@@ -52,12 +50,12 @@ from conveyor.store import (
     Duration,
     EventType,
     FetchOptions,
-    GroupFullError,
     InvalidArgumentError,
     InvalidJobStateError,
     JobData,
     JobOutcome,
     JobState,
+    Limiter,
     LockStatus,
     MetricKind,
     Metrics,
@@ -291,6 +289,83 @@ class _Tx(JobTx):
                 ORDER BY seq DESC LIMIT -1 OFFSET ?)""",
             (queue, state.value, keep),
         )
+
+    async def dedup_holder(self, queue: str, key: str) -> str | None:
+        return self.dedup_holder_now(queue, key)
+
+    def dedup_holder_now(self, queue: str, key: str) -> str | None:
+        row = self.conn.execute(
+            """SELECT id FROM conveyor_jobs WHERE queue = ? AND dedup_key = ? AND (
+                dedup_until > ? OR (dedup_until IS NULL AND state NOT IN ('completed', 'failed')))
+            ORDER BY pk DESC LIMIT 1""",
+            (queue, key, self.now),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    async def group_queued(self, queue: str, group: str) -> int:
+        row = self.conn.execute(
+            "SELECT queued FROM conveyor_lanes WHERE queue = ? AND lane = ?", (queue, group)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def count_now(self, queue: str, state: JobState) -> int:
+        row = self.conn.execute(
+            "SELECT count(*) FROM conveyor_jobs WHERE queue = ? AND state = ?",
+            (queue, state.value),
+        ).fetchone()
+        return int(row[0])
+
+    async def count_state(self, queue: str, state: JobState) -> int:
+        return self.count_now(queue, state)
+
+    async def window(self, queue: str, scope: str, limiter: Limiter) -> int:
+        self.conn.execute(
+            "DELETE FROM conveyor_rate WHERE queue = ? AND scope = ? AND at <= ?",
+            (queue, scope, self.now - limiter.duration),
+        )
+        row = self.conn.execute(
+            "SELECT count(*) FROM conveyor_rate WHERE queue = ? AND scope = ?", (queue, scope)
+        ).fetchone()
+        return int(row[0])
+
+    async def candidates(
+        self, queue: str, lane: str, fetch: FetchOptions, paused: set[str], limit: int
+    ) -> list[int]:
+        where = "queue = ? AND lane = ? AND state = 'waiting'"
+        args: list[Any] = [queue, lane]
+        if fetch.job_name is not None:
+            where += " AND name = ?"
+            args.append(fetch.job_name)
+        elif paused:
+            where += " AND name NOT IN (SELECT name FROM conveyor_paused WHERE queue = ?)"
+            args.append(queue)
+        conn = self.conn
+        if not fetch.lifo:
+            rows = conn.execute(
+                f"SELECT pk FROM conveyor_jobs WHERE {where} ORDER BY priority, seq LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+            return [row[0] for row in rows]
+        # LIFO: the newest of the most urgent priority first, one priority at a time (so the
+        # index serves each step; mixed sort directions would sort the whole lane).
+        out: list[int] = []
+        priority: int | None = None
+        while len(out) < limit:
+            row = conn.execute(
+                f"SELECT min(priority) FROM conveyor_jobs WHERE {where}"
+                + ("" if priority is None else " AND priority > ?"),
+                (*args,) if priority is None else (*args, priority),
+            ).fetchone()
+            if row is None or row[0] is None:
+                break
+            priority = int(row[0])
+            rows = conn.execute(
+                f"""SELECT pk FROM conveyor_jobs WHERE {where} AND priority = ?
+                ORDER BY seq DESC LIMIT ?""",
+                (*args, priority, limit - len(out)),
+            ).fetchall()
+            out.extend(r[0] for r in rows)
+        return out
 
 
 class SqliteStore(StoreBase):
@@ -627,105 +702,30 @@ class SqliteStore(StoreBase):
             lambda tx: self._insert(tx, clean, flow=True), offload=len(clean) > _OFFLOAD_ROWS
         )
 
-    def _holder(self, tx: _Tx, queue: str, key: str) -> str | None:
-        row = tx.conn.execute(
-            """SELECT id FROM conveyor_jobs WHERE queue = ? AND dedup_key = ? AND (
-                dedup_until > ? OR (dedup_until IS NULL AND state NOT IN ('completed', 'failed')))
-            ORDER BY pk DESC LIMIT 1""",
-            (queue, key, tx.now),
-        ).fetchone()
-        return None if row is None else str(row[0])
-
     def _insert(self, tx: _Tx, jobs: list[JobData], *, flow: bool) -> list[JobData]:
         conn = tx.conn
+        out, fresh = run_now(tx.plan_insert(jobs, flow=flow))
         now = tx.now
-        # Decide everything first, so that a refused job leaves nothing half-added.
-        holders: list[str | None] = []
-        keys_here: dict[tuple[str, str], str] = {}
-        group_here: dict[tuple[str, str], int] = {}
-        for job in jobs:
-            key = job.deduplication_key
-            if key is not None and not flow:
-                holder = keys_here.get((job.queue_name, key)) or self._holder(
-                    tx, job.queue_name, key
-                )
-                if holder is not None:
-                    holders.append(holder)
-                    continue
-                keys_here[(job.queue_name, key)] = job.id
-            group = job.opts.group
-            if group is not None and group.max_size is not None:
-                slot = (job.queue_name, group.id)
-                if slot not in group_here:
-                    row = conn.execute(
-                        "SELECT queued FROM conveyor_lanes WHERE queue = ? AND lane = ?", slot
-                    ).fetchone()
-                    group_here[slot] = 0 if row is None else int(row[0])
-                if group_here[slot] >= group.max_size:
-                    raise GroupFullError(job.queue_name, group.id, group.max_size)
-                group_here[slot] += 1
-            holders.append(None)
-
-        pending: dict[tuple[str, str], int] = {}
-        if flow:
-            for job in jobs:
-                if job.parent_id is not None and job.parent_queue_name is not None:
-                    parent = (job.parent_queue_name, job.parent_id)
-                    pending[parent] = pending.get(parent, 0) + 1
-        created = from_timestamp(now)
-        out: list[JobData] = []
-        added: dict[tuple[str, str], JobData] = {}
-        rows: list[tuple[Any, ...]] = []
-        queues: set[str] = set()
-        for job, holder in zip(jobs, holders, strict=True):
-            if holder is not None:
-                in_call = added.get((job.queue_name, holder))
-                if in_call is not None:
-                    out.append(in_call)
-                else:
-                    stored = tx.find_now(job.queue_name, holder)
-                    assert stored is not None  # _holder found it in this transaction
-                    out.append(stored.job)
-                continue
-            job.created_at = created
-            if job.opts.delay > 0:
-                job.delay_until = from_timestamp(now + job.opts.delay)
-            children = pending.get((job.queue_name, job.id), 0)
-            if children:
-                job.state = JobState.WAITING_CHILDREN
-                job.pending_children = children
-            elif job.delay_until is not None and job.delay_until.timestamp() > now:
-                job.state = JobState.DELAYED
-            else:
-                job.state = JobState.WAITING
-                job.delay_until = None
-            dedup = job.opts.deduplication
-            if flow:
-                job.deduplication_key = None
-            elif job.deduplication_key is not None and dedup is not None and dedup.ttl is not None:
-                job.deduplication_until = from_timestamp(now + dedup.ttl)
-            rows.append(
-                (
-                    job.queue_name,
-                    job.id,
-                    job.name,
-                    job.state.value,
-                    job.group_id or "",
-                    job.opts.priority,
-                    tx.place(job, tx.next_seq_now(job.queue_name)),
-                    now,
-                    _ts(job.delay_until),
-                    job.deduplication_key,
-                    _ts(job.deduplication_until),
-                    job.parent_queue_name,
-                    job.parent_id,
-                    record_json(job),
-                )
+        rows = [
+            (
+                job.queue_name,
+                job.id,
+                job.name,
+                job.state.value,
+                job.group_id or "",
+                job.opts.priority,
+                seq,
+                now,
+                _ts(job.delay_until),
+                job.deduplication_key,
+                _ts(job.deduplication_until),
+                job.parent_queue_name,
+                job.parent_id,
+                record_json(job),
             )
-            queues.add(job.queue_name)
-            tx.emit_state(job, None)
-            out.append(job)  # a clean copy made by validation: the caller may keep it
-            added[(job.queue_name, job.id)] = job
+            for job, seq in fresh
+        ]
+        queues = {job.queue_name for job, _seq in fresh}
         conn.executemany(
             "UPDATE conveyor_queues SET live = 1 WHERE name = ? AND live = 0",
             [(q,) for q in queues],
@@ -774,7 +774,7 @@ class SqliteStore(StoreBase):
         check_name(key, "key")
 
         def body(tx: _Tx) -> JobData | None:
-            holder = self._holder(tx, queue_name, key)
+            holder = tx.dedup_holder_now(queue_name, key)
             row = None if holder is None else tx.find_now(queue_name, holder)
             return None if row is None else row.job
 
@@ -857,63 +857,16 @@ class SqliteStore(StoreBase):
             row[0]
             for row in conn.execute("SELECT name FROM conveyor_paused WHERE queue = ?", (queue,))
         }
-        if ALL_JOB_NAMES in paused or (fetch.job_name is not None and fetch.job_name in paused):
-            return []
-        now = tx.now
-        if fetch.max_global_concurrency is not None:
-            active_now = self._count(tx, queue, JobState.ACTIVE)
-            limit = min(limit, fetch.max_global_concurrency - active_now)
-        if fetch.limiter is not None:
-            limit = min(limit, fetch.limiter.max - self._window(tx, queue, "", fetch.limiter))
-        if limit <= 0:
-            return []
-
-        # Round robin: serve the least recently served lane, one job per turn.
-        turns: deque[list[Any]] = deque(
-            [lane, active]
-            for lane, _served, active in lanes
-            if not (lane and lane in fetch.exclude_groups)
-        )
-        candidates: dict[str, deque[int]] = {}
-        window_used: dict[str, int] = {}
-        picks: list[tuple[int, str]] = []
-        while turns and len(picks) < limit:
-            entry = turns.popleft()
-            lane, active = entry
-            # A lane at its limit stays there for the rest of this call: drop it.
-            if lane and fetch.group_concurrency is not None and active >= fetch.group_concurrency:
-                continue
-            if lane and fetch.group_limiter is not None:
-                if lane not in window_used:
-                    window_used[lane] = self._window(tx, queue, f"g:{lane}", fetch.group_limiter)
-                if window_used[lane] >= fetch.group_limiter.max:
-                    continue
-            queue_for_lane = candidates.get(lane)
-            if queue_for_lane is None:
-                queue_for_lane = candidates[lane] = deque(
-                    self._candidates(tx, queue, lane, fetch, paused, limit - len(picks))
-                )
-            if not queue_for_lane:
-                continue  # nothing claimable in this lane (paused names, job_name)
-            picks.append((queue_for_lane.popleft(), lane))
-            entry[1] += 1
-            if lane in window_used:
-                window_used[lane] += 1
-            turns.append(entry)
+        picks = run_now(tx.pick(queue, lanes, paused, fetch, limit))
         if not picks:
             return []
-
-        counters = tx.counters_now(queue)
-        tick = counters[1]
-        served: dict[str, int] = {}
+        seqs, tokens, served, scopes = run_now(tx.plan_claims(queue, worker_id, picks, fetch))
+        now = tx.now
         claimed: list[JobData] = []
         remember: list[tuple[str, _Claim]] = []
-        rate_rows: list[tuple[str, str, float]] = []
         processed = from_timestamp(now)
         lock_until = now + duration
-        for pk, lane in picks:
-            seq = tx.next_seq_now(queue)
-            token = f"{worker_id}:{seq}"
+        for (pk, _lane), seq, token in zip(picks, seqs, tokens, strict=True):
             record, version = conn.execute(
                 """UPDATE conveyor_jobs SET state = 'active', seq = ?, processed_at = ?,
                     lock_until = ?, locked_by = ?, lock_token = ?, version = version + 1
@@ -926,26 +879,18 @@ class SqliteStore(StoreBase):
             job.lock_until = from_timestamp(lock_until)
             job.locked_by = worker_id
             job.lock_token = token
-            tick += 1
-            served[lane] = tick
-            if fetch.limiter is not None:
-                rate_rows.append((queue, "", now))
-            if fetch.group_limiter is not None and lane:
-                rate_rows.append((queue, f"g:{lane}", now))
             tx.emit_state(job, JobState.WAITING)
             claimed.append(job)
             remember.append((token, _Claim.of(job, pk, version)))
-        counters[1] = tick
-        if "" in served:
-            counters[2] = served.pop("")
         if served:
             conn.executemany(
                 "UPDATE conveyor_lanes SET served = ? WHERE queue = ? AND lane = ?",
-                [(tick_, queue, lane) for lane, tick_ in served.items()],
+                [(tick, queue, lane) for lane, tick in served.items()],
             )
-        if rate_rows:
+        if scopes:
             conn.executemany(
-                "INSERT INTO conveyor_rate (queue, scope, at) VALUES (?, ?, ?)", rate_rows
+                "INSERT INTO conveyor_rate (queue, scope, at) VALUES (?, ?, ?)",
+                [(queue, scope, now) for scope in scopes],
             )
         tx.after_commit(lambda: self._remember(remember))
         return claimed
@@ -1011,64 +956,6 @@ class SqliteStore(StoreBase):
         cache.update(claimed)
         while len(cache) > _CLAIM_CACHE:  # jobs finished elsewhere (stalled, taken over)
             del cache[next(iter(cache))]
-
-    def _window(self, tx: _Tx, queue: str, scope: str, limiter: Any) -> int:
-        """Claims of a rate window still inside it (older ones are forgotten)."""
-        since = tx.now - limiter.duration
-        tx.conn.execute(
-            "DELETE FROM conveyor_rate WHERE queue = ? AND scope = ? AND at <= ?",
-            (queue, scope, since),
-        )
-        row = tx.conn.execute(
-            "SELECT count(*) FROM conveyor_rate WHERE queue = ? AND scope = ?", (queue, scope)
-        ).fetchone()
-        return int(row[0])
-
-    def _candidates(
-        self,
-        tx: _Tx,
-        queue: str,
-        lane: str,
-        fetch: FetchOptions,
-        paused: set[str],
-        limit: int,
-    ) -> list[int]:
-        """Up to ``limit`` claimable jobs of a lane, in claim order."""
-        where = "queue = ? AND lane = ? AND state = 'waiting'"
-        args: list[Any] = [queue, lane]
-        if fetch.job_name is not None:
-            where += " AND name = ?"
-            args.append(fetch.job_name)
-        elif paused:
-            where += " AND name NOT IN (SELECT name FROM conveyor_paused WHERE queue = ?)"
-            args.append(queue)
-        conn = tx.conn
-        if not fetch.lifo:
-            rows = conn.execute(
-                f"SELECT pk FROM conveyor_jobs WHERE {where} ORDER BY priority, seq LIMIT ?",
-                (*args, limit),
-            ).fetchall()
-            return [row[0] for row in rows]
-        # LIFO: the newest of the most urgent priority first, one priority at a time (so the
-        # index serves each step; mixed sort directions would sort the whole lane).
-        out: list[int] = []
-        priority: int | None = None
-        while len(out) < limit:
-            row = conn.execute(
-                f"SELECT min(priority) FROM conveyor_jobs WHERE {where}"
-                + ("" if priority is None else " AND priority > ?"),
-                (*args,) if priority is None else (*args, priority),
-            ).fetchone()
-            if row is None or row[0] is None:
-                break
-            priority = int(row[0])
-            rows = conn.execute(
-                f"""SELECT pk FROM conveyor_jobs WHERE {where} AND priority = ?
-                ORDER BY seq DESC LIMIT ?""",
-                (*args, priority, limit - len(out)),
-            ).fetchall()
-            out.extend(r[0] for r in rows)
-        return out
 
     async def extend_locks(
         self, queue_name: str, locks: Mapping[str, str], duration: Duration
@@ -1201,23 +1088,15 @@ class SqliteStore(StoreBase):
 
         return await self._read(body)
 
-    @staticmethod
-    def _count(tx: _Tx, queue: str, state: JobState) -> int:
-        row = tx.conn.execute(
-            "SELECT count(*) FROM conveyor_jobs WHERE queue = ? AND state = ?",
-            (queue, state.value),
-        ).fetchone()
-        return int(row[0])
-
     async def count_jobs(self, queue_name: str, state: JobState) -> int:
         check_name(queue_name, "queue_name")
         state = JobState.parse(state)
-        return await self._read(lambda tx: self._count(tx, queue_name, state))
+        return await self._read(lambda tx: tx.count_now(queue_name, state))
 
     async def get_job_counts(self, queue_name: str) -> dict[JobState, int]:
         check_name(queue_name, "queue_name")
         return await self._read(
-            lambda tx: {state: self._count(tx, queue_name, state) for state in JobState}
+            lambda tx: {state: tx.count_now(queue_name, state) for state in JobState}
         )
 
     async def get_next_delayed_timestamp(self, queue_name: str) -> datetime | None:
@@ -1405,7 +1284,7 @@ class SqliteStore(StoreBase):
         check_name(queue_name, "queue_name")
 
         def body(tx: _Tx) -> None:
-            active = self._count(tx, queue_name, JobState.ACTIVE)
+            active = tx.count_now(queue_name, JobState.ACTIVE)
             if active and not force:
                 raise InvalidJobStateError(
                     f"queue {queue_name!r} has {active} active jobs; pass force=True to remove "
