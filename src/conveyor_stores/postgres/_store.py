@@ -178,10 +178,11 @@ class _Tx(JobTx):
         size = len(head) + 2
         for row in self.rows:
             item = _ENCODER.encode(row)
-            if len(item.encode()) + len(head) + 2 > _NOTIFY_LIMIT:
+            length = len(item.encode()) + 1
+            if length + len(head) + 1 > _NOTIFY_LIMIT:
                 # Too big for any payload: other processes get the event without its data.
                 item = _ENCODER.encode((*row[:3], {"truncated": True}, *row[4:]))
-            length = len(item.encode()) + 1
+                length = len(item.encode()) + 1
             if items and size + length > _NOTIFY_LIMIT:
                 payloads.append(head + ",".join(items) + "]}")
                 items, size = [], len(head) + 2
