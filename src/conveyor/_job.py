@@ -56,7 +56,17 @@ class Job:
     """A job in a store: its fields as of the last read, and what can be done with it.
 
     Attributes mirror the stored record (:class:`~conveyor.store.JobData`) as of the last read;
-    :meth:`refresh` reads it again. Methods write through to the store at once.
+    :meth:`refresh` reads it again. Methods write through to the store at once. A producer gets
+    one from :meth:`Queue.add <conveyor.Queue.add>` or :meth:`Queue.get_job
+    <conveyor.Queue.get_job>`; a processor is handed the one it runs::
+
+        async def resize(job: conveyor.Job) -> dict[str, int]:
+            await job.log(f"resizing {job.data['path']}")
+            await job.update_progress(50)
+            return {"width": 640, "height": 480}
+
+    A method that writes raises :class:`~conveyor.JobNotFoundError` when the job was removed
+    meanwhile.
     """
 
     def __init__(self, data: JobData, store: Store, *, worker: Worker | None = None) -> None:
@@ -86,78 +96,97 @@ class Job:
 
     @property
     def opts(self) -> JobOptions:
+        """The options the job was added with."""
         return self._data.opts
 
     @property
     def state(self) -> JobState:
+        """Where the job is in its life (:class:`~conveyor.JobState`)."""
         return self._data.state
 
     @property
     def progress(self) -> JsonValue:
+        """The last progress recorded with :meth:`update_progress` (0 until then)."""
         return self._data.progress
 
     @property
     def returnvalue(self) -> JsonValue:
+        """What the processor returned, once the job completed."""
         return self._data.returnvalue
 
     @property
     def failed_reason(self) -> str | None:
+        """Why the last attempt failed, or ``None``."""
         return self._data.failed_reason
 
     @property
     def attempts_made(self) -> int:
+        """How many attempts have finished (stalls and delays do not count)."""
         return self._data.attempts_made
 
     @property
     def created_at(self) -> datetime | None:
+        """When the job was added, by the store's clock."""
         return self._data.created_at
 
     @property
     def processed_at(self) -> datetime | None:
+        """When the current or last run started."""
         return self._data.processed_at
 
     @property
     def completed_at(self) -> datetime | None:
+        """When the job completed."""
         return self._data.completed_at
 
     @property
     def failed_at(self) -> datetime | None:
+        """When the job failed for good."""
         return self._data.failed_at
 
     @property
     def cancelled_at(self) -> datetime | None:
+        """When the job was cancelled (see :meth:`cancel`)."""
         return self._data.cancelled_at
 
     @property
     def delay_until(self) -> datetime | None:
+        """When a delayed job becomes due."""
         return self._data.delay_until
 
     @property
     def logs(self) -> list[str]:
+        """The lines added with :meth:`log`, oldest first (a copy)."""
         return list(self._data.logs)
 
     @property
     def stacktrace(self) -> list[str]:
+        """One traceback per failed attempt, oldest first (a copy)."""
         return list(self._data.stacktrace)
 
     @property
     def discarded(self) -> bool:
+        """Whether :meth:`discard` was called: no attempt runs after the current one."""
         return self._data.discarded
 
     @property
     def group_id(self) -> str | None:
+        """The id of the job's group (:class:`~conveyor.Group`), if it has one."""
         return self._data.group_id
 
     @property
     def parent_id(self) -> str | None:
+        """The id of this job's parent in a flow, if it has one."""
         return self._data.parent_id
 
     @property
     def parent_queue_name(self) -> str | None:
+        """The queue of this job's parent in a flow, if it has one."""
         return self._data.parent_queue_name
 
     @property
     def attempt_logs(self) -> list[AttemptRecord]:
+        """One :class:`~conveyor.AttemptRecord` per finished run, oldest first (a copy)."""
         return list(self._data.attempt_logs)
 
     @property
@@ -224,6 +253,7 @@ class Job:
         return count
 
     async def clear_logs(self) -> None:
+        """Remove every line of the job's logs."""
         await self._update({"logs": []})
 
     async def update_data(self, data: JsonValue) -> None:
@@ -235,21 +265,32 @@ class Job:
         await self._update({"discarded": True})
 
     async def change_priority(self, priority: int) -> None:
+        """Give the job a new priority (lower runs first); it applies to the job's next claim."""
         check_int(priority, "priority")
         await self._update({"opts": attrs.evolve(self.opts, priority=priority)})
 
     async def change_delay(self, delay: Duration) -> None:
-        """Move a delayed job's run to ``delay`` from now (by the store's clock)."""
+        """Move a delayed job's run to ``delay`` from now (by the store's clock).
+
+        :raises InvalidJobStateError: the job is not delayed.
+        """
         seconds = parse_duration(delay, "delay")
         until = await self._store.now() + timedelta(seconds=seconds)
         await self._update({"delay_until": until}, JobState.DELAYED)
 
     async def promote(self) -> None:
-        """Run a delayed job now."""
+        """Run a delayed job now.
+
+        :raises InvalidJobStateError: the job is not delayed.
+        """
         await self._update({"state": JobState.WAITING}, JobState.DELAYED)
 
     async def retry(self, state: JobState = JobState.FAILED) -> None:
-        """Send a failed (or completed) job back to waiting with its attempts reset."""
+        """Send a failed (or, with ``state=JobState.COMPLETED``, a completed) job back to
+        waiting, its attempts, result and failure cleared.
+
+        :raises InvalidJobStateError: the job is not in ``state``.
+        """
         if state not in TERMINAL_STATES:
             raise InvalidJobStateError("only failed or completed jobs can be retried")
         reset: dict[str, Any] = {
@@ -262,7 +303,8 @@ class Job:
     async def remove(self) -> None:
         """Remove the job (and its children).
 
-        :raises InvalidJobStateError: the job is active.
+        :raises InvalidJobStateError: the job, or one of its children, is active.
+        :raises JobNotFoundError: the job no longer exists.
         """
         if not await self._store.remove_job(self.queue_name, self.id):
             raise JobNotFoundError(self.queue_name, self.id)
@@ -272,6 +314,7 @@ class Job:
         its worker (within one lock renewal) and recorded as cancelled.
 
         :raises InvalidJobStateError: the job already finished.
+        :raises JobNotFoundError: the job no longer exists.
         """
         data = await self._store.cancel_job(self.queue_name, self.id)
         if data is None:
@@ -295,12 +338,27 @@ class Job:
 
     async def move_to_delayed(self, delay: Duration) -> None:
         """From the processor: end this run without using an attempt; the job runs again
-        ``delay`` from now. Return from the processor afterwards; its result is ignored."""
+        ``delay`` from now. Return from the processor afterwards; its result is ignored.
+
+        ::
+
+            async def poll(job: conveyor.Job) -> None:
+                if not await ready(job.data["url"]):
+                    await job.move_to_delayed("30s")  # look again later, no attempt used
+                    return
+                ...
+
+        :raises InvalidJobStateError: called from outside the processor running this job, or
+            the run was already ended, or this worker no longer holds the job's lock.
+        """
         seconds = parse_duration(delay, "delay")
         await self._settle(JobOutcome.delay_job(self._claimed(), seconds))
 
     async def move_to_failed(self, reason: str) -> None:
-        """From the processor: fail the job now, with no further attempt. Return afterwards."""
+        """From the processor: fail the job now, with no further attempt. Return afterwards.
+
+        :raises InvalidJobStateError: as for :meth:`move_to_delayed`.
+        """
         if not isinstance(reason, str):
             raise ArgumentTypeError("reason", f"expected str, got {type(reason).__name__}")
         await self._settle(JobOutcome.failed(self._claimed(), reason))
@@ -363,6 +421,11 @@ class Job:
 
     async def wait_until_finished(self, timeout: Duration | None = None) -> JsonValue:  # noqa: ASYNC109 - DESIGN.md names it
         """Wait until the job completes and return its value.
+
+        ::
+
+            job = await queue.add("send", {"to": "a@example.com"})
+            value = await job.wait_until_finished(timeout="30s")
 
         :raises JobFailedError: it failed (:class:`JobCancelledError` if it was cancelled).
         :raises TimeoutError: ``timeout`` passed first.

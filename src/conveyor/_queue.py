@@ -119,19 +119,28 @@ class Queue:
         job = await queue.add("send", {"to": "a@example.com"}, attempts=3,
                               backoff=conveyor.Backoff.exponential("1s"))
 
-    :param default_job_options: options every job of this queue starts from.
+    A queue object holds no state of its own: any number of them, in any number of processes,
+    may name the same queue of a store. Workers are started with :func:`~conveyor.open_worker`.
+
+    :param name: the queue's name (a non-empty string).
+    :param store: the store the queue lives in (see :func:`~conveyor.open_store`).
+    :param default_job_options: options every job of this queue starts from; the keyword
+        options of :meth:`add` override them one by one.
     """
 
     def __init__(
         self, name: str, *, store: Store, default_job_options: JobOptions | None = None
     ) -> None:
         self.name = check_name(name, "name")
+        """The queue's name."""
         if not isinstance(store, Store):
             raise ArgumentTypeError("store", f"expected a Store, got {type(store).__name__}")
         if default_job_options is not None and not isinstance(default_job_options, JobOptions):
             raise ArgumentTypeError("default_job_options", "expected JobOptions")
         self.store = store
+        """The store the queue lives in."""
         self.default_job_options = default_job_options or JobOptions()
+        """The options every job added through this object starts from."""
         self.events = EventBus(on_first=self._start_events, on_last=self._stop_events)
         """The queue's events, as its store publishes them (subscribed while anyone listens)."""
 
@@ -155,8 +164,25 @@ class Queue:
         """Add a job; return it. With ``deduplication``, returns the job already holding the
         key when there is one.
 
+        ::
+
+            await queue.add("send", {"to": "a@example.com"}, priority=1, delay="5s",
+                            attempts=5, backoff=conveyor.Backoff.exponential("1s"))
+
+        Everything is checked before the store is touched: an unknown option, a bad value or
+        data JSON cannot hold raises an error naming it.
+
+        :param name: the job's name; a worker can be limited to one name (``job_name=``).
+        :param data: the payload, any JSON value.
+        :param options: the fields of :class:`~conveyor.JobOptions`: ``priority``, ``delay``,
+            ``attempts``, ``backoff``, ``lifo``, ``job_id``, ``deduplication``,
+            ``remove_on_complete``, ``remove_on_fail``, ``timeout``, ``repeat``, ``group``,
+            ``fail_parent_on_child_failure``.
         :raises GroupFullError: the job's group is full.
         :raises DuplicateJobError: ``job_id`` is taken in this queue.
+        :raises InvalidArgumentError: an option has a bad value.
+        :raises ArgumentTypeError: an unknown option, or a value of the wrong type.
+        :raises SerializationError: ``data`` is not JSON.
         """
         return await self._add(name, data, options)
 
@@ -186,7 +212,12 @@ class Queue:
         /,
         **options: Unpack[JobOptionsDict],
     ) -> Job:
-        """Add a job that runs ``delay`` from now (by the store's clock)."""
+        """Add a job that runs ``delay`` from now (by the store's clock).
+
+        ::
+
+            await queue.schedule("10 minutes", "remind", {"user": 42})
+        """
         return await self._add(name, data, {**options, "delay": delay})
 
     async def now(
@@ -208,7 +239,12 @@ class Queue:
     ) -> Job:
         """Run a job every ``interval`` (at most ``limit`` times, between ``start`` and
         ``end``); return its first run. Runs fall on multiples of the interval, so every
-        producer adding the same schedule adds the same runs."""
+        producer adding the same schedule adds the same runs.
+
+        ::
+
+            await queue.every("30s", "poll", {"feed": "news"}, limit=100)
+        """
         repeat = Repeat(every=interval, limit=limit, start=start, end=end)
         return await self._add(name, data, {**options, "repeat": repeat})
 
@@ -225,12 +261,22 @@ class Queue:
         **options: Unpack[JobOptionsDict],
     ) -> Job:
         """Run a job on a cron schedule read in time zone ``tz`` (IANA name, default UTC);
-        return its first run."""
+        return its first run.
+
+        ::
+
+            await queue.cron("0 9 * * 1-5", "report", tz="Europe/Paris")  # weekdays at 9:00
+        """
         repeat = Repeat(cron=expr, tz=tz, limit=limit, start=start, end=end)
         return await self._add(name, data, {**options, "repeat": repeat})
 
     async def add_bulk(self, jobs: Sequence[tuple[str, JsonValue, JobOptionsDict]]) -> list[Job]:
-        """Add many jobs in one transaction: ``[(name, data, {options}), ...]``."""
+        """Add many jobs in one transaction, all or none; return them in order.
+
+        ::
+
+            await queue.add_bulk([("send", {"to": a}, {}), ("send", {"to": b}, {"priority": 1})])
+        """
         if isinstance(jobs, str | bytes) or not isinstance(jobs, Sequence):
             raise ArgumentTypeError("jobs", "expected a sequence of (name, data, options)")
         records = []
@@ -251,6 +297,7 @@ class Queue:
     # -- reading ----------------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> Job | None:
+        """The job with this id, or ``None`` if the queue has none."""
         data = await self.store.get_job(self.name, job_id)
         return None if data is None else self._job(data)
 
@@ -260,9 +307,11 @@ class Queue:
         return [self._job(data) for data in jobs]
 
     async def count(self, state: JobState | str) -> int:
+        """How many jobs of the queue are in ``state``."""
         return await self.store.count_jobs(self.name, JobState.parse(state))
 
     async def get_job_counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state (every state present, zero included)."""
         return await self.store.get_job_counts(self.name)
 
     # -- managing ---------------------------------------------------------------------------------
@@ -273,9 +322,11 @@ class Queue:
         await self.store.pause_job_name(self.name, ALL_JOB_NAMES if job_name is None else job_name)
 
     async def resume(self, job_name: str | None = None) -> None:
+        """Undo :meth:`pause` for the whole queue (or for ``job_name``)."""
         await self.store.resume_job_name(self.name, ALL_JOB_NAMES if job_name is None else job_name)
 
     async def is_paused(self) -> bool:
+        """Whether the whole queue is paused (a paused job name does not count)."""
         return ALL_JOB_NAMES in await self.store.get_paused_job_names(self.name)
 
     async def get_paused_job_names(self) -> list[str]:
@@ -289,15 +340,26 @@ class Queue:
     async def clean(
         self, state: JobState | str, grace: Duration = 0, limit: int | None = None
     ) -> int:
-        """Remove jobs in ``state`` older than ``grace``; return how many."""
+        """Remove up to ``limit`` jobs in ``state`` older than ``grace``, oldest first; return
+        how many. Finished jobs age from when they finished, others from their creation;
+        active jobs are never cleaned.
+
+        ::
+
+            await queue.clean("completed", grace="1 day")
+        """
         return await self.store.clean(self.name, JobState.parse(state), grace, limit)
 
     async def obliterate(self, *, force: bool = False) -> None:
-        """Remove the queue and everything in it. Refuses while jobs run, unless ``force``."""
+        """Remove the queue and everything in it: jobs, paused names, deduplication keys.
+
+        :raises InvalidJobStateError: jobs are running and ``force`` is not set.
+        """
         await self.store.obliterate(self.name, force=force)
 
     async def retry_jobs(self, state: JobState | str = JobState.FAILED) -> int:
-        """Send every failed (or completed) job back to waiting; return how many."""
+        """Send every failed (or, with ``state="completed"``, every completed) job back to
+        waiting, its attempts, result and failure cleared; return how many."""
         return await self.store.retry_jobs(self.name, JobState.parse(state))
 
     async def get_metrics(
@@ -306,7 +368,17 @@ class Queue:
         start: datetime | None = None,
         end: datetime | None = None,
     ) -> Metrics:
-        """Completed (or failed) jobs per minute, across every worker of the queue."""
+        """Completed (or failed) jobs per minute, across every worker of the queue.
+
+        ::
+
+            metrics = await queue.get_metrics("failed", start=an_hour_ago)
+            print(metrics.total, [(b.minute, b.count) for b in metrics.buckets])
+
+        :param kind: ``"completed"`` or ``"failed"`` (a :class:`~conveyor.MetricKind`).
+        :param start: the first minute wanted (default: as far back as the store keeps them).
+        :param end: the last minute wanted (default: now).
+        """
         return await self.store.get_metrics(self.name, MetricKind(kind), start, end)
 
     async def promote_jobs(self) -> int:

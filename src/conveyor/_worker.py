@@ -162,6 +162,16 @@ class _Flush:
 class Batch:
     """Hand the processor jobs in batches: ``f(jobs: list[Job]) -> list[BatchResult] | None``.
 
+    ::
+
+        async with conveyor.open_worker("emails", send_all, store=store,
+                                        batch=conveyor.Batch(100, wait="200ms")):
+            ...
+
+    The processor returns one :class:`BatchResult` per job, in order, or ``None`` when every
+    job completed (with ``None`` as its value); an exception fails this attempt of every job
+    of the batch.
+
     :param size: at most this many jobs per call.
     :param wait: how long to wait for a batch to fill before running it part-full
         (``None``: run whatever is there at once).
@@ -179,6 +189,15 @@ class BatchResult:
     """The result of one job of a batch: ``BatchResult.ok(value)`` or ``.failed(error)``.
 
     A failed job retries by its own ``attempts`` and ``backoff``; the others complete.
+
+    ::
+
+        async def send_all(jobs: list[conveyor.Job]) -> list[conveyor.BatchResult]:
+            sent = await smtp.send_many([job.data for job in jobs])
+            return [
+                conveyor.BatchResult.ok() if ok else conveyor.BatchResult.failed("rejected")
+                for ok in sent
+            ]
     """
 
     value: JsonValue = None
@@ -186,17 +205,27 @@ class BatchResult:
 
     @classmethod
     def ok(cls, value: JsonValue = None) -> BatchResult:
+        """The job completed with ``value`` (JSON)."""
         return cls(value)
 
     @classmethod
     def failed(cls, error: BaseException | str) -> BatchResult:
+        """The job's attempt failed with ``error`` (an exception, or the reason as text)."""
         if isinstance(error, BaseException):
             error = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         return cls(None, error)
 
 
 class Worker:
-    """A running worker (made by :func:`open_worker`)."""
+    """A running worker, as :func:`open_worker` yields it: its identity, its events, and
+    pause, resume and close.
+
+    ::
+
+        async with conveyor.open_worker("emails", send_email, store=store) as worker:
+            worker.events.on("failed", lambda event: print(event.job_id, event.data))
+            await anyio.sleep_forever()
+    """
 
     def __init__(
         self,
@@ -213,7 +242,10 @@ class Worker:
         batch: Batch | None = None,
     ) -> None:
         self.id = f"{queue_name}:{uuid.uuid4().hex[:12]}"
+        """This worker's id, ``"<queue>:<12 hex digits>"``: the ``locked_by`` of the jobs it
+        claims, and the ``worker_id`` of their attempt records."""
         self.queue_name = queue_name
+        """The queue this worker runs jobs of."""
         self.events = EventBus()
         """This worker's events: ``active``, ``completed``, ``failed``, ``retrying``,
         ``progress``, ``stalled``, ``error``."""
@@ -256,6 +288,7 @@ class Worker:
         self._paused = True
 
     def resume(self) -> None:
+        """Claim jobs again after :meth:`pause`."""
         self._paused = False
         self._wake()
 
@@ -705,14 +738,27 @@ async def open_worker(
     shutdown_timeout: Duration | None = None,
     poll_interval: Duration = 5,
 ) -> AsyncIterator[Worker]:
-    """Run a worker for ``queue_name`` while in the block.
+    """Run a worker for ``queue_name`` while in the block (an async context manager yielding
+    the :class:`Worker`).
 
     ::
 
-        async with conveyor.open_worker("emails", send_email, store=store, concurrency=10):
-            ...
+        async def send_email(job: conveyor.Job) -> str:
+            return f"sent to {job.data['to']}"
 
+        async with conveyor.open_worker("emails", send_email, store=store, concurrency=10):
+            await anyio.sleep_forever()
+
+    The worker is one task group; nothing it starts outlives the block. Leaving the block
+    stops claiming, gives running jobs ``shutdown_timeout`` to finish (no grace at all when
+    the block is left by an exception or a cancellation), then cancels the rest and releases
+    their locks, so another worker takes them at once. A result computed before the shutdown
+    is always recorded.
+
+    :param queue_name: the queue to take jobs from.
     :param processor: ``async def f(job) -> result`` (or a plain function, run in a thread).
+        The result must be JSON; an exception fails the attempt.
+    :param store: the store the queue lives in.
     :param concurrency: jobs run at once by this worker.
     :param max_global_concurrency: jobs of the queue run at once by all workers together.
     :param limiter: jobs of the queue started per period by all workers together.

@@ -29,9 +29,10 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The host's wall clock."""
+    """The host's wall clock: what stores that keep their own time use by default."""
 
     def time(self) -> float:
+        """Seconds since the epoch: :func:`time.time`."""
         return time.time()
 
 
@@ -46,8 +47,10 @@ class ManualClock:
     """
 
     now: float = attrs.field(factory=time.time)
+    """The clock's time, as POSIX seconds (default: the host's time when it was made)."""
 
     def time(self) -> float:
+        """The clock's time, :attr:`now`."""
         return self.now
 
     def advance(self, seconds: float | str) -> None:

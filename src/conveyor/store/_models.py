@@ -59,7 +59,15 @@ PRIORITY_MAX: Final = 2**31 - 1
 
 
 class JobState(enum.StrEnum):
-    """Where a job is in its life. Values are the wire form."""
+    """Where a job is in its life. Values are the wire form.
+
+    * ``waiting``: ready to be claimed by a worker.
+    * ``waiting-children``: a flow parent waiting for its children to finish.
+    * ``delayed``: waiting until ``delay_until`` (a delay, a retry's backoff, a schedule).
+    * ``active``: claimed by a worker, which holds its lock.
+    * ``completed``: done, with a ``returnvalue``.
+    * ``failed``: failed for good, with a ``failed_reason``.
+    """
 
     WAITING = "waiting"
     WAITING_CHILDREN = "waiting-children"
@@ -75,6 +83,7 @@ class JobState(enum.StrEnum):
 
 
 TERMINAL_STATES: Final = frozenset({JobState.COMPLETED, JobState.FAILED})
+"""The states a job does not leave by itself: ``completed`` and ``failed``."""
 
 
 class ChildFailurePolicy(enum.StrEnum):
@@ -91,13 +100,26 @@ class ChildFailurePolicy(enum.StrEnum):
 
 
 class BackoffType(enum.StrEnum):
+    """The kinds of :class:`Backoff`: ``fixed``, ``exponential`` and ``custom``."""
+
     FIXED = "fixed"
     EXPONENTIAL = "exponential"
     CUSTOM = "custom"
 
 
 class EventType(enum.StrEnum):
-    """The events stores publish. A job event is named after the state the job entered."""
+    """The events stores publish. A job event is named after the state the job entered.
+
+    * job states: ``waiting``, ``waiting-children``, ``delayed``, ``active``, ``completed``,
+      ``failed``, each with ``data["prev"]``, the state the job left;
+    * ``progress`` (``data["progress"]``), ``stalled``, ``removed``, ``cancel-requested``
+      (a running job was cancelled);
+    * queue events: ``paused`` and ``resumed`` (``data["job_name"]``), ``drained``
+      (``data["count"]``), ``cleaned`` (``data["state"]``, ``data["count"]``),
+      ``obliterated``;
+    * ``error``: emitted by an :class:`~conveyor.EventBus` when a callback raises, and by a
+      worker when its store cannot be reached.
+    """
 
     WAITING = "waiting"
     WAITING_CHILDREN = "waiting-children"
@@ -402,12 +424,21 @@ class Backoff:
 
 @attrs.frozen
 class Repeat:
-    """Run a job repeatedly: on a cron schedule or every fixed interval.
+    """Run a job repeatedly: on a cron schedule or every fixed interval (give exactly one).
+
+    ::
+
+        await queue.add("report", repeat=Repeat(cron="0 9 * * 1-5", tz="Europe/Paris"))
+        await queue.add("poll", repeat=Repeat(every="30s", limit=100))
+
+    :meth:`Queue.every <conveyor.Queue.every>` and :meth:`Queue.cron <conveyor.Queue.cron>`
+    are shorthands for these.
 
     :param cron: a cron expression (5 fields, or 6 with seconds), read by ``croniter``.
     :param every: an interval (a duration) between runs.
     :param limit: stop after this many runs.
-    :param start: no run before this time; :param end: no run after it.
+    :param start: no run before this time (aware ``datetime``).
+    :param end: no run after it.
     :param tz: the IANA time zone the cron expression is read in (default UTC).
     """
 
@@ -445,6 +476,10 @@ class Repeat:
 class Deduplication:
     """Add a job only if no job holding the same key exists.
 
+    ::
+
+        await queue.add("sync", {"user": 42}, deduplication=Deduplication("sync:42", ttl="1m"))
+
     :param key: the key; ``None`` derives it from the job's name and data.
     :param ttl: with a ttl, the key is held for that long from the job's creation, whatever
         the job's state (throttling); without, it is held until the job completes or fails.
@@ -460,6 +495,10 @@ class Deduplication:
 class Group:
     """Put a job in a group. Groups are served round-robin; see :class:`FetchOptions`.
 
+    ::
+
+        await queue.add("render", data, group=Group("tenant-7", max_size=1000))
+
     :param id: the group's id (a tenant, a customer, ...).
     :param max_size: refuse the job (``GroupFullError``) when the group already holds this many
         waiting jobs.
@@ -471,7 +510,14 @@ class Group:
 
 @attrs.frozen
 class Limiter:
-    """At most ``max`` jobs started per ``duration``, counted across every worker of the queue."""
+    """At most ``max`` jobs started per ``duration``, counted across every worker of the queue.
+
+    The window slides: a job may start when fewer than ``max`` started in the ``duration``
+    just past. ::
+
+        async with conveyor.open_worker("api", call, store=store, limiter=Limiter(10, "1s")):
+            ...
+    """
 
     max: int = attrs.field(validator=_v_int(minimum=1))
     duration: float = attrs.field(converter=_limiter_duration)
@@ -479,28 +525,44 @@ class Limiter:
 
 @attrs.frozen(kw_only=True)
 class JobOptions:
-    """The options a job is added with (the keyword arguments of ``Queue.add``)."""
+    """The options a job is added with: the keyword arguments of :meth:`Queue.add
+    <conveyor.Queue.add>`, and the ``default_job_options`` of a :class:`~conveyor.Queue`.
+
+    Every value is checked here, so a bad one fails when the options are built, naming the
+    option. Durations take seconds, a ``timedelta`` or a string such as ``"5s"``.
+    """
 
     priority: int = attrs.field(default=0, validator=_v_int(PRIORITY_MIN, PRIORITY_MAX))
-    """Lower runs first."""
+    """Lower runs first (default 0; any 32-bit integer)."""
     delay: float = attrs.field(default=0.0, converter=_delay)
+    """Run no sooner than this long after the job is added."""
     attempts: int = attrs.field(default=1, validator=_v_int(minimum=1))
+    """How many times the job may run before it fails for good."""
     backoff: Backoff | None = attrs.field(default=None, validator=_instance_of(Backoff, "backoff"))
+    """How long to wait before each retry (default: retry at once)."""
     lifo: bool = attrs.field(default=False, validator=_v_bool)
+    """Go before the other waiting jobs of the same priority instead of after them."""
     job_id: str | None = attrs.field(default=None, validator=_v_optional_name)
+    """The job's id (default: a fresh one); a taken id raises ``DuplicateJobError``."""
     deduplication: Deduplication | None = attrs.field(
         default=None, validator=_instance_of(Deduplication, "deduplication")
     )
+    """Return the job already holding this key instead of adding another."""
     remove_on_complete: bool | int = attrs.field(default=False, validator=_v_keep)
-    """``True`` removes the job when it completes; a count keeps only the newest N completed."""
+    """``True`` removes the job when it completes; a count keeps the newest N."""
     remove_on_fail: bool | int = attrs.field(default=False, validator=_v_keep)
+    """``True`` removes the job when it fails for good; a count keeps the newest N."""
     timeout: float | None = attrs.field(default=None, converter=_timeout)
+    """Cancel an attempt that runs longer than this: it fails (and may retry)."""
     repeat: Repeat | None = attrs.field(default=None, validator=_instance_of(Repeat, "repeat"))
+    """Run the job on a schedule: each run is a job of its own."""
     group: Group | None = attrs.field(default=None, validator=_instance_of(Group, "group"))
+    """The job's group: groups are served round-robin and may have their own limits."""
     fail_parent_on_child_failure: ChildFailurePolicy = attrs.field(
         default=ChildFailurePolicy.FAIL,
         converter=_child_failure_policy,
     )
+    """In a flow, what this job's final failure does to its parent."""
 
     def __attrs_post_init__(self) -> None:
         if self.repeat is not None and self.deduplication is not None:
@@ -511,7 +573,15 @@ class JobOptions:
 
 @attrs.frozen
 class AttemptRecord:
-    """One finished run of a job, kept in :attr:`JobData.attempt_logs`."""
+    """One finished run of a job, kept in :attr:`JobData.attempt_logs`.
+
+    :param attempt: the attempt's number, from 1.
+    :param worker_id: the id of the worker that ran it.
+    :param started_at: when it was claimed.
+    :param finished_at: when it ended.
+    :param outcome: how it ended.
+    :param error: the failure's reason, for a failed run.
+    """
 
     attempt: int
     worker_id: str | None
@@ -524,7 +594,8 @@ class AttemptRecord:
 
 @attrs.frozen
 class RepeatRun:
-    """Which run of a repeating job this job is.
+    """Which run of a repeating job this job is: the schedule's ``key``, the run's number
+    ``count`` (from 1) and ``at``, the grid time it is due.
 
     Runs sit on a fixed grid (cron fire times, or multiples of ``every``), and a run's job id is
     derived from ``key`` and ``at``, so each grid point is created once however many producers
@@ -546,38 +617,67 @@ class JobData:
     """
 
     id: str
+    """Unique within the queue."""
     queue_name: str
+    """The queue the job belongs to."""
     name: str
+    """The job's name (workers may be limited to one name)."""
     data: JsonValue = None
+    """The payload: any JSON value."""
     opts: JobOptions = attrs.field(factory=JobOptions)
+    """The options the job was added with."""
     state: JobState = JobState.WAITING
+    """Where the job is in its life."""
     progress: JsonValue = 0
+    """The last progress the processor recorded: a number or any JSON value."""
     returnvalue: JsonValue = None
+    """What the processor returned, once the job completed."""
     failed_reason: str | None = None
+    """Why the last attempt failed."""
     stacktrace: list[str] = attrs.field(factory=list)
+    """One traceback per failed attempt, oldest first."""
     attempts_made: int = 0
+    """Finished attempts (stalls, delays and released claims do not count)."""
     stalled_count: int = 0
+    """How many times the job's lock expired while it ran."""
     created_at: datetime | None = None
+    """When the store saved the job, by the store's clock."""
     processed_at: datetime | None = None
+    """When the current or last run was claimed."""
     completed_at: datetime | None = None
+    """When the job completed."""
     failed_at: datetime | None = None
+    """When the job failed for good."""
     cancelled_at: datetime | None = None
+    """When the job was cancelled."""
     delay_until: datetime | None = None
+    """When a delayed job becomes due."""
     lock_until: datetime | None = None
+    """When the current claim's lock expires unless renewed."""
     locked_by: str | None = None
+    """The id of the worker holding the current claim."""
     lock_token: str | None = None
     """The fencing token of the current claim: outcome writes and lock extensions must show it."""
     logs: list[str] = attrs.field(factory=list)
+    """Lines of text the processor logged."""
     attempt_logs: list[AttemptRecord] = attrs.field(factory=list)
+    """One :class:`AttemptRecord` per finished run, oldest first."""
     discarded: bool = False
+    """No attempt runs after the current one."""
     parent_id: str | None = None
+    """In a flow: the parent's id."""
     parent_queue_name: str | None = None
+    """In a flow: the parent's queue."""
     pending_children: int = 0
+    """In a flow: how many of this job's children have not finished yet."""
     children_values: dict[str, JsonValue] = attrs.field(factory=dict)
     """Return values of completed children, keyed ``"<queue_name>:<job_id>"``."""
     deduplication_key: str | None = None
+    """The deduplication key the job holds (see :class:`Deduplication`)."""
     deduplication_until: datetime | None = None
+    """With a deduplication TTL: until when the job holds its key."""
     repeat_run: RepeatRun | None = None
+    """For a run of a repeating job: which run it is."""
 
     @property
     def group_id(self) -> str | None:
@@ -587,6 +687,7 @@ class JobData:
 
     @property
     def priority(self) -> int:
+        """The job's priority, from ``opts.priority``."""
         return self.opts.priority
 
     def copy(self) -> JobData:
@@ -646,6 +747,7 @@ class FetchOptions:
     """
 
     lifo: bool = attrs.field(default=False, validator=_v_bool)
+    """Claim the newest job of a lane first instead of the oldest."""
     job_name: str | None = attrs.field(default=None, validator=_v_optional_name)
     """Only claim jobs of this name."""
     group_concurrency: int | None = attrs.field(default=None, validator=_v_optional_int(1))
@@ -655,6 +757,7 @@ class FetchOptions:
     )
     """At most ``max`` claims per group per ``duration``."""
     exclude_groups: frozenset[str] = attrs.field(default=frozenset(), converter=_group_ids)
+    """Skip the jobs of these groups."""
     max_global_concurrency: int | None = attrs.field(default=None, validator=_v_optional_int(1))
     """At most this many active jobs in the queue."""
     limiter: Limiter | None = attrs.field(default=None, validator=_instance_of(Limiter, "limiter"))
@@ -663,7 +766,13 @@ class FetchOptions:
 
 @attrs.frozen
 class StoreEvent:
-    """Something that happened in a store.
+    """Something that happened in a store (or, on a worker's bus, in the worker).
+
+    :param type: what happened, an :class:`EventType` value (or a name of your own).
+    :param queue_name: the queue it happened in.
+    :param job_id: the job it is about, if any.
+    :param data: details, by event (see :class:`EventType`).
+    :param timestamp: when it happened, by the store's clock.
 
     A job event is named after the state the job entered (``waiting``, ``active``, ...) and its
     ``data`` holds ``prev`` (the state it left, if any) and what the change produced
@@ -681,6 +790,9 @@ class StoreEvent:
 
 
 class MetricKind(enum.StrEnum):
+    """What :meth:`Queue.get_metrics <conveyor.Queue.get_metrics>` counts: jobs that
+    ``completed``, or that ``failed`` for good."""
+
     COMPLETED = "completed"
     FAILED = "failed"
 
@@ -720,6 +832,7 @@ class JobOutcome:
     queue_name: str
     job_id: str
     lock_token: str
+    """The claim's fencing token: the outcome applies only while it still holds the job."""
     returnvalue: JsonValue = None
     failed_reason: str | None = None
     stacktrace: str | None = None
@@ -736,12 +849,14 @@ class JobOutcome:
 
     @classmethod
     def completed(cls, job: JobData, returnvalue: JsonValue = None) -> JobOutcome:
+        """The run succeeded with ``returnvalue``: the job completes."""
         return cls(OutcomeKind.COMPLETED, job.queue_name, job.id, cls._token(job), returnvalue)
 
     @classmethod
     def failed(
         cls, job: JobData, reason: str, *, stacktrace: str | None = None, cancelled: bool = False
     ) -> JobOutcome:
+        """The job fails for good, whatever attempts remain (``cancelled``: it was cancelled)."""
         return cls(
             OutcomeKind.FAILED, job.queue_name, job.id, cls._token(job),
             failed_reason=reason, stacktrace=stacktrace, cancelled=cancelled,
@@ -751,6 +866,7 @@ class JobOutcome:
     def retry(
         cls, job: JobData, reason: str, *, delay: Any = 0.0, stacktrace: str | None = None
     ) -> JobOutcome:
+        """The attempt failed and the job runs again after ``delay``; the attempt counts."""
         return cls(
             OutcomeKind.RETRY, job.queue_name, job.id, cls._token(job),
             failed_reason=reason, stacktrace=stacktrace, delay=parse_duration(delay, "delay"),
@@ -758,6 +874,8 @@ class JobOutcome:
 
     @classmethod
     def delay_job(cls, job: JobData, delay: Any) -> JobOutcome:
+        """The run ends without a result and the job runs again after ``delay``; the
+        attempt does not count."""
         return cls(
             OutcomeKind.DELAY, job.queue_name, job.id, cls._token(job),
             delay=parse_duration(delay, "delay"),

@@ -62,7 +62,12 @@ CheckFn = Callable[[StoreFixture], Awaitable[None]]
 
 @attrs.frozen
 class ContractCheck:
-    """One rule of the contract, checked against a fixture."""
+    """One rule of the contract, checked against a fixture: ``await check(fixture)``.
+
+    :param name: the check's name (its function's), for test ids and messages.
+    :param doc: the rule it checks, in a sentence.
+    :param run: the coroutine function that checks it, raising :class:`ContractViolation`.
+    """
 
     name: str
     doc: str
@@ -83,12 +88,23 @@ def _check(fn: CheckFn) -> CheckFn:
 
 
 def contract_checks() -> list[ContractCheck]:
-    """Every check of the contract suite."""
+    """Every check of the contract suite, to run one by one (say, as parametrized tests)::
+
+        @pytest.mark.anyio
+        @pytest.mark.parametrize("check", contract_checks(), ids=lambda c: c.name)
+        async def test_contract(check: ContractCheck) -> None:
+            async with my_store() as fixture:
+                await check(fixture)
+    """
     return list(_CHECKS)
 
 
 async def check_store(factory: StoreFactory) -> None:
-    """Run every check, each on a fresh store from ``factory``; raise on the first violation."""
+    """Run every check, each on a fresh store from ``factory``; raise on the first violation.
+
+    :raises ContractViolation: the first rule the store broke, its message starting with the
+        check's name.
+    """
     for check in _CHECKS:
         async with factory() as fixture:
             try:

@@ -90,7 +90,20 @@ def make_job(
     dedup_key: str | None = None,
     **opts: Any,
 ) -> JobData:
-    """A new job record as a producer would hand it to ``save_job``."""
+    """A new job record as a producer would hand it to ``save_job``.
+
+    ::
+
+        saved = await store.save_job(make_job("emails", "send", {"to": "a"}, priority=2))
+
+    :param queue: the job's queue.
+    :param name: the job's name.
+    :param data: its payload.
+    :param job_id: its id (default: a fresh one).
+    :param parent: a parent record, for a flow child.
+    :param dedup_key: a deduplication key.
+    :param opts: :class:`~conveyor.JobOptions` fields.
+    """
     options = JobOptions(**opts)
     return JobData(
         id=job_id or options.job_id or uuid.uuid4().hex,

@@ -91,7 +91,13 @@ def make_store_state_machine(
 ) -> type[RuleBasedStateMachine]:
     """A state machine class checking the store made by ``factory`` against the model.
 
-    ``factory``'s store must start its clock at :data:`START_TIME`.
+    ``factory``'s store must start its clock at :data:`START_TIME`. The class's ``TestCase``
+    is a :class:`unittest.TestCase` that pytest (or unittest) collects::
+
+        TestMyStoreStateMachine = make_store_state_machine(my_store, backend="trio").TestCase
+
+    :param factory: opens a fresh store for each example hypothesis runs.
+    :param backend: the AnyIO backend the store runs on, ``"asyncio"`` or ``"trio"``.
     """
 
     class StoreStateMachine(RuleBasedStateMachine):
