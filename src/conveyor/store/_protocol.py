@@ -16,7 +16,8 @@ Conventions that hold for every method:
   the store's clock (its server's, for a database server).
 * Using a store before :meth:`Store.connect` or after :meth:`Store.disconnect` raises
   :class:`~conveyor.store.StoreError`; so does losing the connection.
-* Operations publish :class:`~conveyor.store.StoreEvent` s to subscribers (see each method).
+* Operations publish events (:class:`~conveyor.store.StoreEvent`) to subscribers (see each
+  method).
   A job event is named after the state the job entered, with ``data["prev"]`` the state it left.
 """
 
@@ -47,7 +48,14 @@ EventCallback = Callable[[StoreEvent], None]
 
 @runtime_checkable
 class Store(Protocol):
-    """What conveyor needs from a place that keeps jobs."""
+    """What conveyor needs from a place that keeps jobs: the store contract.
+
+    The built-in stores (:class:`~conveyor_stores.memory.MemoryStore`,
+    :class:`~conveyor_stores.sqlite.SqliteStore`, :class:`~conveyor_stores.postgres.PgStore`)
+    implement it, and so may any class: ``isinstance(obj, Store)`` checks that the methods are
+    there, :mod:`conveyor.testing` that they keep the rules. The conventions of the module
+    docstring hold for every method; each method's docstring is the normative text for it.
+    """
 
     # -- lifecycle ----------------------------------------------------------------------------
 
