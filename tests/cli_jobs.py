@@ -1,11 +1,14 @@
 """Processors for tests/test_cli.py's ``conveyor worker`` processes (imported by MODULE:FUNCTION).
 
-A job's data names a folder (``{"dir": ...}``) the test watches: ``hold`` touches
-``started-<job id>`` there when it starts, then runs until the test creates ``release``.
+A job's data names a folder (``{"dir": ...}``) the test watches: ``hold`` (and ``sync_hold``)
+touches ``started-<job id>`` there when it starts, then runs until the test creates
+``release``.
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -35,3 +38,12 @@ async def echo(job: Job) -> Any:
 def sync_echo(job: Job) -> Any:
     """A plain function: the worker runs it in a thread."""
     return job.data
+
+
+def sync_hold(job: Job) -> str:
+    """``hold`` as a plain function, which the worker runs in a thread it cannot interrupt."""
+    folder = Path(str(job.data["dir"]))
+    (folder / f"started-{job.id}").touch()
+    while not (folder / "release").exists():
+        time.sleep(0.02)
+    return "done"

@@ -247,9 +247,9 @@ def test_what_the_store_refuses_is_one_line_and_exit_status_1(tmp_path: Path) ->
 class Worker:
     """A ``conveyor worker`` process; its output read as it comes."""
 
-    def __init__(self, url: str, *options: str) -> None:
+    def __init__(self, url: str, *options: str, processor: str = "tests.cli_jobs:hold") -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor", "worker", "tests.cli_jobs:hold", "-q", "q",
+            [sys.executable, "-m", "conveyor", "worker", processor, "-q", "q",
              "--store", url, "-v", *options],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=ENV,
         )  # fmt: skip
@@ -360,6 +360,26 @@ def test_a_second_signal_cancels_running_jobs_for_the_next_worker(
     assert [jobs[i].returnvalue for i in ids] == ["done 0", "done 1"]
     assert jobs[boom].failed_reason == "ValueError: boom"
     assert f"boom {boom}" in "".join(second.lines("failed"))
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_shutdown_timeout_hands_back_a_job_its_thread_still_runs(
+    backend: str, tmp_path: Path, worker_processes: list[Worker]
+) -> None:
+    url = f"sqlite:///{tmp_path}/thread.db"
+    [job_id] = add_jobs(url, [("hold", {"dir": str(tmp_path), "n": 0})])
+    worker = Worker(
+        url, "--shutdown-timeout", "200ms", "--backend", backend,
+        processor="tests.cli_jobs:sync_hold",
+    )  # fmt: skip
+    worker_processes.append(worker)
+    worker.wait_for(lambda: started(tmp_path) == 1, "the job to run")
+    worker.proc.send_signal(signal.SIGTERM)
+    # The thread runs until "release", which never comes: the process must not wait for it.
+    assert worker.exit_code() == 0, worker
+    assert "stopped: 0 completed, 0 failed, 0 retried, 1 handed back to waiting" in worker.out[-1]
+    job = read_jobs(url)[job_id]
+    assert (job.state, job.attempts_made, job.locked_by) == (JobState.WAITING, 0, None)
 
 
 # -- demo -----------------------------------------------------------------------------------------

@@ -80,7 +80,9 @@ async def _read_job(store: Store, queue: str, job_id: str) -> Job:
 @cli.command()
 @json_option
 def stores(as_json: bool) -> None:
-    """List the installed stores: each URL scheme and the class that serves it."""
+    """List the installed stores.
+
+    Each URL scheme and the class that serves it."""
     found = available_stores()
     if as_json:
         print_json([{"scheme": scheme, "object": target} for scheme, target in found.items()])
@@ -93,7 +95,7 @@ def stores(as_json: bool) -> None:
 @store_option
 @json_option
 def queues(store_url: str, as_json: bool) -> None:
-    """List the queues of the store with their count of jobs in each state."""
+    """List the queues, with their count of jobs per state."""
 
     async def body() -> list[tuple[str, list[str], dict[JobState, int]]]:
         async with open_store(store_url) as store:
@@ -156,8 +158,10 @@ def jobs(
     store_url: str,
     as_json: bool,
 ) -> None:
-    """List the jobs of QUEUE, state by state, in each state's order (waiting by priority,
-    delayed by due time, finished ones newest first)."""
+    """List the jobs of QUEUE.
+
+    State by state, in each state's order: waiting by priority, delayed by due time, finished
+    ones newest first."""
     chosen = [state for state in STATE_ORDER if not states or state in states]
 
     async def body() -> list[Job]:
@@ -184,7 +188,9 @@ def jobs(
 @store_option
 @json_option
 def job(queue: str, job_id: str, store_url: str, as_json: bool) -> None:
-    """Show one job in full: its data, options, state, result or failure, logs, children."""
+    """Show one job in full.
+
+    Its data, options, state, result or failure, logs and children."""
 
     async def body() -> tuple[Job, list[Job]]:
         async with open_store(store_url) as store:
@@ -317,7 +323,9 @@ def add(
     store_url: str,
     as_json: bool,
 ) -> None:
-    """Add a job named NAME to QUEUE; print its id."""
+    """Add a job named NAME to QUEUE.
+
+    Prints the job's id and state (with --json, the job)."""
     data = _read_data(data_text)
     options: JobOptionsDict = {}
     if delay is not None:
@@ -409,7 +417,9 @@ def _paused_report(queue: str, paused: list[str], as_json: bool) -> None:
 @store_option
 @json_option
 def pause(queue: str, job_name: str | None, store_url: str, as_json: bool) -> None:
-    """Stop workers from starting jobs of QUEUE (or of one job name). Running jobs finish."""
+    """Pause QUEUE, or one job name of it.
+
+    Workers start no job of it until it is resumed; running jobs finish."""
     _paused_report(queue, _pause_or_resume(queue, job_name, store_url, True), as_json)
 
 
@@ -419,7 +429,7 @@ def pause(queue: str, job_name: str | None, store_url: str, as_json: bool) -> No
 @store_option
 @json_option
 def resume(queue: str, job_name: str | None, store_url: str, as_json: bool) -> None:
-    """Let workers start jobs of QUEUE (or of one job name) again."""
+    """Resume QUEUE, or one job name of it."""
     _paused_report(queue, _pause_or_resume(queue, job_name, store_url, False), as_json)
 
 
@@ -477,7 +487,9 @@ def clean(
     store_url: str,
     as_json: bool,
 ) -> None:
-    """Remove the jobs of QUEUE in a state (default completed), oldest first."""
+    """Remove old jobs of QUEUE.
+
+    Those in a state (default completed) older than the grace period, oldest first."""
     older = f" older than {grace:g}s" if grace else ""
     _confirm(f"Remove {state.value} jobs{older} of queue {queue!r}?", yes)
 
@@ -507,7 +519,9 @@ def clean(
 def retry(
     queue: str, job_ids: tuple[str, ...], state: JobState, store_url: str, as_json: bool
 ) -> None:
-    """Send failed jobs of QUEUE (those given, or all of them) back to waiting."""
+    """Send failed jobs back to waiting.
+
+    Those given by ID, or every job of QUEUE in --state (failed or completed)."""
 
     async def body() -> int:
         async with open_store(store_url) as store:
@@ -531,7 +545,9 @@ def retry(
 @store_option
 @json_option
 def promote(queue: str, job_ids: tuple[str, ...], store_url: str, as_json: bool) -> None:
-    """Run delayed jobs of QUEUE (those given, or all of them) now."""
+    """Run delayed jobs now.
+
+    Those given by ID, or every delayed job of QUEUE."""
 
     async def body() -> int:
         async with open_store(store_url) as store:
@@ -554,7 +570,9 @@ def promote(queue: str, job_ids: tuple[str, ...], store_url: str, as_json: bool)
 @store_option
 @json_option
 def cancel(queue: str, job_ids: tuple[str, ...], store_url: str, as_json: bool) -> None:
-    """Cancel jobs: one not yet running fails at once, a running one is stopped by its worker."""
+    """Cancel jobs.
+
+    One not yet running fails at once; a running one is stopped by its worker."""
 
     async def body() -> list[Job]:
         async with open_store(store_url) as store:
@@ -579,7 +597,9 @@ def cancel(queue: str, job_ids: tuple[str, ...], store_url: str, as_json: bool) 
 @store_option
 @json_option
 def remove(queue: str, job_ids: tuple[str, ...], store_url: str, as_json: bool) -> None:
-    """Remove jobs (and their children). Active jobs cannot be removed."""
+    """Remove jobs and their children.
+
+    Active jobs cannot be removed."""
 
     async def body() -> None:
         async with open_store(store_url) as store:
@@ -600,7 +620,9 @@ def remove(queue: str, job_ids: tuple[str, ...], store_url: str, as_json: bool) 
 @store_option
 @json_option
 def obliterate(queue: str, force: bool, yes: bool, store_url: str, as_json: bool) -> None:
-    """Remove QUEUE entirely: every job in every state, paused names, deduplication keys."""
+    """Remove QUEUE and everything in it.
+
+    Every job in every state, its paused names and deduplication keys."""
     _confirm(f"Remove queue {queue!r} and every job in it from {display_url(store_url)}?", yes)
 
     async def body() -> None:
@@ -618,7 +640,9 @@ def obliterate(queue: str, force: bool, yes: bool, store_url: str, as_json: bool
 @store_option
 @json_option
 def migrate(store_url: str, as_json: bool) -> None:
-    """Create or upgrade the store's schema (what a store with auto_migrate=false needs)."""
+    """Create or upgrade the store's schema.
+
+    What a store opened with auto_migrate=false needs before use."""
     try:
         store = store_from_url(store_url, auto_migrate=True)
     except ArgumentTypeError:

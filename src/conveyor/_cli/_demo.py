@@ -99,9 +99,10 @@ async def _add_jobs(queue: Queue, flows: FlowProducer) -> _Added:
     "--concurrency", type=click.IntRange(min=1), default=20, show_default=True, help="Jobs at once."
 )
 def demo(store_url: str, backend: str, queue: str, concurrency: int) -> None:
-    """Add a few hundred jobs (priorities, retries with backoff, a flow, round-robin groups, a
-    delayed job, deduplication) to a fresh demo queue, run them through a worker, and show the
-    counts per state."""
+    """Run a few hundred demo jobs through a worker.
+
+    Adds them (priorities, retries with backoff, a flow, round-robin groups, a delayed job,
+    deduplication) to an emptied demo queue, runs them, and shows the counts per state."""
     run(_demo, store_url, queue, concurrency, backend, backend=backend)
 
 

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -158,6 +159,11 @@ class _Status:
         console.print(line, soft_wrap=True)
 
     def summary(self) -> str:
+        if self.running:  # cancelled by a second signal or the shutdown timeout: given back
+            return f"{self._counts()}, {len(self.running)} handed back to waiting"
+        return self._counts()
+
+    def _counts(self) -> str:
         return f"{self.completed} completed, {self.failed} failed, {self.retried} retried" + (
             f", {self.stalled} stalled jobs taken back" if self.stalled else ""
         )
@@ -395,8 +401,10 @@ def worker(
     batch_wait: float | None,
     verbose: bool,
 ) -> int:
-    """Run a worker for QUEUE: FUNCTION (async def f(job), or a plain def, run in a thread)
-    processes each job; its return value is the job's result.
+    """Run a worker until SIGINT or SIGTERM.
+
+    FUNCTION (async def f(job), or a plain def, run in a thread) processes each job of QUEUE;
+    its return value is the job's result.
 
     SIGINT / SIGTERM stop it: it claims no more jobs and lets running ones finish (within
     --shutdown-timeout), then exits 0. A second signal cancels the running jobs, which go back
@@ -426,4 +434,24 @@ def worker(
     logging.getLogger("conveyor").addHandler(handler)
     logging.getLogger("conveyor").propagate = False
     settings = _Settings(processor, processor_spec, queue, store_url, backend, verbose, options)
-    return run(_serve, settings, backend=backend)
+    status = run(_serve, settings, backend=backend)
+    _exit_without_abandoned_threads(status)
+    return status
+
+
+def _exit_without_abandoned_threads(status: int) -> None:
+    """Exit now if threads are left running.
+
+    A plain-function processor runs in a worker thread, which a cancellation abandons (its job
+    is handed back all the same). Python would wait for such a thread before exiting, however
+    long it runs; the worker is done, so exit without it.
+    """
+    deadline = time.monotonic() + 0.5
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.daemon:
+            continue
+        thread.join(max(deadline - time.monotonic(), 0))  # idle ones are stopping anyway
+        if thread.is_alive():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
