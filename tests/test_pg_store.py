@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import psycopg
 import pytest
 from psycopg import sql
 
-from conveyor import store_from_url
-from conveyor.store import JobOutcome, StoreError, StoreEvent
+from conveyor import GroupLimits, Job, Queue, open_worker, store_from_url
+from conveyor.store import Group, JobOutcome, JobState, MetricKind, StoreError, StoreEvent
 from conveyor.testing import make_job
 from conveyor_stores.postgres import PgStore
 from conveyor_stores.postgres._schema import SCHEMA_VERSION
@@ -129,3 +132,69 @@ async def test_other_stores_events_arrive_through_listen(pg_dsn: str, anyio_back
         ]
         # NOTIFY payloads stay under 8,000 bytes: an event too big to fit comes without its data
         assert seen[-1].data == {"truncated": True}
+
+
+async def test_claims_and_completions_side_by_side_run_each_job_once(
+    pg_dsn: str, anyio_backend: str
+) -> None:
+    """Plain claims and simple completions run without the schema lock, beside the locked
+    path (groups, progress writes, retries): three stores with three workers each, every job
+    completed once, round robin and group limits still held."""
+    schema = f"side_by_side_{anyio_backend}"
+    plain, grouped, flaky = 300, 150, 30
+    seen: list[str] = []
+    active_per_group: dict[str, int] = {}
+    overlaps: list[str] = []
+    done = anyio.Event()
+
+    async def process(job: Job) -> str:
+        group = job.opts.group.id if job.opts.group is not None else None
+        if group is not None:
+            active_per_group[group] = active_per_group.get(group, 0) + 1
+            if active_per_group[group] > 1:
+                overlaps.append(group)
+        try:
+            if job.name == "progress":
+                await job.update_progress(50)  # writes the row: its completion reads it afresh
+            await anyio.lowlevel.checkpoint()
+            if job.name == "flaky" and job.attempts_made == 0:
+                raise RuntimeError("first attempt fails")
+            return str(job.id)
+        finally:
+            if group is not None:
+                active_per_group[group] -= 1
+
+    def on_completed(event: StoreEvent) -> None:
+        assert event.job_id is not None
+        seen.append(event.job_id)
+        if len(seen) >= plain + grouped + flaky:
+            done.set()
+
+    async with (
+        PgStore(pg_dsn, schema=schema) as a,
+        PgStore(pg_dsn, schema=schema) as b,
+        PgStore(pg_dsn, schema=schema) as c,
+    ):
+        queue = Queue("q", store=a)
+        async with contextlib.AsyncExitStack() as stack:
+            for store in (a, b, c):
+                worker = await stack.enter_async_context(
+                    open_worker(
+                        "q", process, store=store, concurrency=5, group=GroupLimits(concurrency=1)
+                    )
+                )
+                worker.events.on("completed", on_completed)
+            jobs: list[tuple[str, Any, Any]] = []
+            await queue.add_bulk(
+                jobs
+                + [("plain" if i % 2 else "progress", {"i": i}, {}) for i in range(plain)]
+                + [("grouped", {"i": i}, {"group": Group(id=f"g{i % 3}")}) for i in range(grouped)]
+                + [("flaky", {"i": i}, {"attempts": 2}) for i in range(flaky)]
+            )
+            with anyio.fail_after(120):
+                await done.wait()
+        assert len(seen) == len(set(seen)) == plain + grouped + flaky
+        assert overlaps == []  # one job per group at a time, across the three stores
+        counts = await a.get_job_counts("q")
+        assert counts[JobState.COMPLETED] == plain + grouped + flaky
+        assert (await a.get_metrics("q", MetricKind.COMPLETED)).total == plain + grouped + flaky

@@ -185,6 +185,16 @@ class JobTx(abc.ABC):
 
     async def next_seq(self, queue: str) -> int:
         counters = await self.queue_counters(queue)
+        await self.reserve_seqs(1)
+        return self.take_seq(counters)
+
+    async def reserve_seqs(self, count: int) -> None:
+        """Make sure the next ``count`` calls of :meth:`take_seq` have numbers ready (a store
+        whose numbers come from elsewhere than the queue's counter row fetches them here)."""
+        return  # the counter row needs no preparation
+
+    def take_seq(self, counters: list[int]) -> int:
+        """The next sequence number, from the queue's ``counters`` by default."""
         counters[0] += 1
         return counters[0]
 
@@ -356,6 +366,7 @@ class JobTx(abc.ABC):
         fresh: list[tuple[JobData, int]] = []
         added: dict[tuple[str, str], JobData] = {}
         counters: dict[str, list[int]] = {}
+        await self.reserve_seqs(len(jobs))
         for job, holder in zip(jobs, holders, strict=True):
             if holder is not None:
                 in_call = added.get((job.queue_name, holder))
@@ -388,8 +399,7 @@ class JobTx(abc.ABC):
                 queue_counters = counters[job.queue_name] = await self.queue_counters(
                     job.queue_name
                 )
-            queue_counters[0] += 1
-            fresh.append((job, self.place(job, queue_counters[0])))
+            fresh.append((job, self.place(job, self.take_seq(queue_counters))))
             self.emit_state(job, None)
             out.append(job)  # a clean copy made by validation: the caller may keep it
             added[(job.queue_name, job.id)] = job
@@ -460,15 +470,16 @@ class JobTx(abc.ABC):
         round-robin tick each group lane was served at, and the rate-limit scopes to record.
         Moves the queue's tick (and when the group-less lane was served) in its counters."""
         counters = await self.queue_counters(queue)
+        await self.reserve_seqs(len(picks))
         tick = counters[1]
         seqs: list[int] = []
         tokens: list[str] = []
         served: dict[str, int] = {}
         scopes: list[str] = []
         for _pk, lane in picks:
-            counters[0] += 1
-            seqs.append(counters[0])
-            tokens.append(f"{worker_id}:{counters[0]}")
+            seq = self.take_seq(counters)
+            seqs.append(seq)
+            tokens.append(f"{worker_id}:{seq}")
             tick += 1
             served[lane] = tick
             if fetch.limiter is not None:

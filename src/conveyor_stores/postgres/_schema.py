@@ -17,6 +17,10 @@ Tables (the same shape as the SQLite store's; see ``conveyor_stores/sqlite/_sche
   are waiting, active and queued, kept by a trigger (jobs without a group skip it).
 * ``conveyor_queues``: one row of counters per queue (sequence, round-robin tick, totals).
 * ``conveyor_paused``, ``conveyor_rate``, ``conveyor_metrics``.
+* ``conveyor_seq`` (version 2): the sequence every ``seq`` is taken from. Claims and
+  completions run side by side without the schema's write lock, so they cannot take numbers
+  from a counter row that every writer would then wait on; a sequence hands them out without
+  locking. (The queue row's ``seq`` column is no longer used.)
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ def qualified(schema: str) -> dict[str, str]:
     for table in ("jobs", "lanes", "queues", "paused", "rate", "metrics", "migrations"):
         names[table] = sql.Identifier(schema, f"conveyor_{table}").as_string(None)
     names["lane_trigger_fn"] = sql.Identifier(schema, "conveyor_jobs_lanes").as_string(None)
+    names["seq"] = sql.Identifier(schema, "conveyor_seq").as_string(None)
+    names["seq_name"] = sql.Literal(names["seq"]).as_string(None)  # for nextval('...')
     return names
 
 
@@ -137,10 +143,19 @@ CREATE TRIGGER conveyor_jobs_moved AFTER UPDATE OF state, lane ON {jobs}
     EXECUTE FUNCTION {lane_trigger_fn}();
 """
 
+_V2 = """
+CREATE SEQUENCE {seq} AS bigint;
+SELECT setval({seq_name}, coalesce((SELECT max(abs(seq)) FROM {jobs}), 0) + 1, false);
+"""
+
 MIGRATIONS: list[tuple[str, Callable[[dict[str, str]], list[str]]]] = [
     (
         "jobs, lanes, queues, pauses, rate windows, metrics",
         lambda names: [_V1.format(**names)],
+    ),
+    (
+        "one sequence for every seq, so that claims and completions need no counter row",
+        lambda names: [_V2.format(**names)],
     ),
 ]
 """Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``: the statements

@@ -5,11 +5,14 @@ How it runs:
 * Connections are psycopg's libpq protocol driven by AnyIO (``_wire``): native under asyncio
   and trio, one round trip per statement, several statements per round trip where they do not
   depend on each other (``bench/pg_call_modes.py`` measured the choices).
-* Every write runs in one transaction that first takes a transaction-level advisory lock keyed
-  on the schema, so writers of one schema run one at a time, as on SQLite: claims, limits,
-  groups, deduplication and pauses hold across every process and host by construction. (A
-  ``FOR UPDATE SKIP LOCKED`` claim path that lets plain claims run side by side is the next
-  step; see the PgStore issue's notes.) Reads run without it, on PostgreSQL's snapshots.
+* Claims of plain jobs (no group waiting, no queue-wide limit, FIFO) are one ``FOR UPDATE SKIP
+  LOCKED`` statement, and simple completions (see ``_complete_claimed``) one statement per
+  batch: both run side by side across processes, without the schema lock.
+* Every other write runs in one transaction that first takes a transaction-level advisory lock
+  keyed on the schema, so those writers run one at a time, as on SQLite: limits, groups,
+  deduplication and pauses hold across every process and host by construction. They lock the
+  job rows they read (``FOR UPDATE``), so they and the side-by-side statements wait for each
+  other instead of overwriting each other. Reads run without locks, on PostgreSQL's snapshots.
 * Time is the database server's clock (``clock_timestamp()``, read once per transaction, in
   the round trip that begins it): hosts' clocks may drift, lock expiry and delays do not.
   Tests pass a :class:`~conveyor.store.ManualClock` instead.
@@ -39,11 +42,13 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
+import attrs
 import psycopg
 from anyio.lowlevel import checkpoint
 from psycopg import sql
 
 from conveyor.store import (
+    ALL_JOB_NAMES,
     TERMINAL_STATES,
     Clock,
     DuplicateJobError,
@@ -60,10 +65,12 @@ from conveyor.store import (
     MetricKind,
     Metrics,
     MetricsBucket,
+    OutcomeKind,
     StoreError,
     StoreEvent,
     check_int,
     check_name,
+    copy_json,
     from_timestamp,
     parse_duration,
     structure,
@@ -94,6 +101,8 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _NOTIFY_LIMIT = 7_900
 """Bytes per NOTIFY payload (PostgreSQL refuses 8,000 and more)."""
 _PLACEHOLDER = re.compile(r"\?")
+_CLAIM_CACHE = 10_000
+"""Claims remembered for completing them without a read (see ``_Claim``)."""
 
 
 def _dt(value: float | None) -> datetime | None:
@@ -102,6 +111,30 @@ def _dt(value: float | None) -> datetime | None:
 
 def _ts(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
+
+
+@attrs.frozen
+class _Claim:
+    """What a store remembers of a job it claimed, to complete it without reading it back:
+    the record as claimed and the row version that record belongs to."""
+
+    pk: int
+    version: int
+    queue: str
+    job_id: str
+    record: Any
+    """The record as psycopg loaded it (the claim fields are in their columns)."""
+    worker_id: str
+    processed_at: datetime
+
+    @property
+    def simple(self) -> bool:
+        """No parent to tell and nothing to remove: a completion is one row update."""
+        record = self.record
+        if record.get("parent_id") is not None:
+            return False
+        opts = record.get("opts") or {}
+        return opts.get("remove_on_complete", False) is False
 
 
 def _load(row: Sequence[Any]) -> Row:
@@ -117,10 +150,14 @@ def _load(row: Sequence[Any]) -> Row:
 class _Tx(JobTx):
     """One transaction on one connection: statements, and the store's job primitives."""
 
-    def __init__(self, store: PgStore, conn: PgConnection, now: float) -> None:
+    def __init__(self, store: PgStore, conn: PgConnection, now: float, *, write: bool) -> None:
         super().__init__(now, local=bool(store._subscribers))
         self.store = store
         self.conn = conn
+        self.write = write
+        """A write transaction locks the job rows it reads (``FOR UPDATE``): claims and
+        completions that run beside it without the schema lock wait for it, and it for them."""
+        self._seqs: list[int] = []
 
     # -- statements --------------------------------------------------------------------------------
 
@@ -131,18 +168,19 @@ class _Tx(JobTx):
         rows = await self.execute(query, params)
         return rows[0] if rows else None
 
-    async def flush(self) -> None:
-        """Write what the transaction kept in memory: queue counters, metrics, events."""
+    async def commit(self) -> None:
+        """Write what the transaction kept in memory (queue counters, metrics, events) and
+        commit, in one round trip."""
         statements: list[tuple[bytes, Sequence[Any]]] = []
         store = self.store
-        for queue, (seq, tick, plain, completed, failed) in self.counters.items():
+        for queue, (_seq, tick, plain, completed, failed) in self.counters.items():
             statements.append(
                 (
                     store._sql(
-                        """UPDATE {queues} SET seq = ?, tick = ?, plain_served = ?,
+                        """UPDATE {queues} SET tick = ?, plain_served = ?,
                         completed = completed + ?, failed = failed + ? WHERE name = ?"""
                     ),
-                    (seq, tick, plain, completed, failed, queue),
+                    (tick, plain, completed, failed, queue),
                 )
             )
         minute = int(self.now // 60)
@@ -165,8 +203,8 @@ class _Tx(JobTx):
             )
         for payload in self._payloads():
             statements.append((b"SELECT pg_notify($1, $2)", (store._channel, payload)))
-        if statements:
-            await self.conn.pipeline(statements)
+        statements.append((b"COMMIT", ()))
+        await self.conn.pipeline(statements)
 
     def _payloads(self) -> list[str]:
         """The events as NOTIFY payloads of at most ``_NOTIFY_LIMIT`` bytes each."""
@@ -196,19 +234,46 @@ class _Tx(JobTx):
     async def queue_counters(self, queue: str) -> list[int]:
         counters = self.counters.get(queue)
         if counters is None:
-            row = await self.one(
-                """INSERT INTO {queues} (name) VALUES (?)
-                ON CONFLICT (name) DO UPDATE SET name = excluded.name
-                RETURNING seq, tick, plain_served""",
-                (queue,),
+            # Read without locking the row: completions running beside this transaction
+            # add to its totals, and a lock taken this early could deadlock with them over a
+            # job row. Only writers holding the schema lock change the tick.
+            store = self.store
+            _created, rows = await self.conn.pipeline(
+                [
+                    (
+                        store._sql(
+                            "INSERT INTO {queues} (name) VALUES (?) ON CONFLICT (name) DO NOTHING"
+                        ),
+                        (queue,),
+                    ),
+                    (
+                        store._sql("SELECT tick, plain_served FROM {queues} WHERE name = ?"),
+                        (queue,),
+                    ),
+                ]
             )
-            assert row is not None
-            counters = self.counters[queue] = [row[0], row[1], row[2], 0, 0]
+            [(tick, plain)] = rows
+            counters = self.counters[queue] = [0, tick, plain, 0, 0]
         return counters
 
+    async def reserve_seqs(self, count: int) -> None:
+        missing = count - len(self._seqs)
+        if missing > 0:
+            rows = await self.execute(
+                "SELECT nextval({seq_name}) FROM generate_series(1, ?)", (max(missing, 8),)
+            )
+            self._seqs.extend(row[0] for row in reversed(rows))
+
+    def take_seq(self, counters: list[int]) -> int:
+        return self._seqs.pop()
+
     async def rows_of(self, where: str, params: Sequence[Any]) -> list[Row]:
-        """The jobs ``WHERE ...`` (SQL with ``?`` placeholders), loaded."""
-        rows = await self.execute(f"SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE {where}", params)
+        """The jobs ``WHERE ...`` (SQL with ``?`` placeholders), loaded; locked in a write
+        transaction."""
+        lock = " FOR UPDATE" if self.write else ""
+        rows = await self.execute(
+            f"SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE {where}{lock}", params
+        )
         return [_load(row) for row in rows]
 
     async def find(self, queue: str | None, job_id: str | None) -> Row | None:
@@ -315,9 +380,11 @@ class _Tx(JobTx):
         elif paused:
             where += " AND name <> ALL(?::text[])"
             args.append(sorted(paused))
+        # Rows that a claim running beside this one holds are skipped, as that claim skips ours.
         if not fetch.lifo:
             rows = await self.execute(
-                f"SELECT pk FROM {{jobs}} WHERE {where} ORDER BY priority, seq LIMIT ?",
+                f"""SELECT pk FROM {{jobs}} WHERE {where} ORDER BY priority, seq LIMIT ?
+                FOR UPDATE SKIP LOCKED""",
                 (*args, limit),
             )
             return [row[0] for row in rows]
@@ -335,7 +402,7 @@ class _Tx(JobTx):
             priority = int(row[0])
             rows = await self.execute(
                 f"""SELECT pk FROM {{jobs}} WHERE {where} AND priority = ?
-                ORDER BY seq DESC LIMIT ?""",
+                ORDER BY seq DESC LIMIT ? FOR UPDATE SKIP LOCKED""",
                 (*args, priority, limit - len(out)),
             )
             out.extend(r[0] for r in rows)
@@ -431,8 +498,9 @@ class PgStore(StoreBase):
 
     Roles and grants: the role connecting needs ``CONNECT`` on the database, ``USAGE`` and
     ``CREATE`` on the schema while migrations run (``auto_migrate``; otherwise run
-    ``conveyor migrate`` with such a role), and ``SELECT, INSERT, UPDATE, DELETE`` on the
-    ``conveyor_*`` tables, ``TRUNCATE`` for :meth:`truncate_all`.
+    ``conveyor migrate`` with such a role; ``CREATE`` on the database too if the schema does
+    not exist yet), ``SELECT, INSERT, UPDATE, DELETE`` on the ``conveyor_*`` tables, ``USAGE``
+    on the ``conveyor_seq`` sequence, and ``TRUNCATE`` for :meth:`truncate_all`.
     """
 
     def __init__(
@@ -482,6 +550,9 @@ class PgStore(StoreBase):
         self._listener: _Listener | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._write_lock = f"conveyor-write:{schema}"
+        self._claimed: dict[str, _Claim] = {}
+        """Jobs this store claimed, by lock token: a completion of one whose row has not been
+        written since needs no read (see ``_complete_claimed``)."""
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PgStore:
@@ -528,7 +599,8 @@ class PgStore(StoreBase):
         cached = self._queries.get(query)
         if cached is None:
             counter = iter(range(1, 10_000))
-            text = _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", query.format(**self._names))
+            # Placeholders first: a schema name may hold a "?" of its own.
+            text = _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", query).format(**self._names)
             cached = self._queries[query] = text.encode()
         return cached
 
@@ -562,9 +634,10 @@ class PgStore(StoreBase):
                 b"SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
                 (f"conveyor-migrate:{self._schema}",),
             )
-            [(has_migrations, has_jobs)] = await conn.execute(
-                b"SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
-                (names["migrations"], names["jobs"]),
+            [(has_schema, has_migrations, has_jobs)] = await conn.execute(
+                b"""SELECT to_regnamespace($1) IS NOT NULL, to_regclass($2) IS NOT NULL,
+                    to_regclass($3) IS NOT NULL""",
+                (names["s"], names["migrations"], names["jobs"]),
             )
             if has_jobs and not has_migrations:
                 raise StoreError(
@@ -588,9 +661,11 @@ class PgStore(StoreBase):
                     "`conveyor migrate`"
                 )
             if version < SCHEMA_VERSION:
+                if not has_schema:  # (CREATE SCHEMA needs CREATE on the database, even
+                    # with IF NOT EXISTS: a role that owns an existing schema need not have it)
+                    await conn.execute_script("CREATE SCHEMA {s}".format(**names).encode())
                 await conn.execute_script(
-                    """CREATE SCHEMA IF NOT EXISTS {s};
-                    CREATE TABLE IF NOT EXISTS {migrations} (
+                    """CREATE TABLE IF NOT EXISTS {migrations} (
                         version integer PRIMARY KEY,
                         name text NOT NULL,
                         applied_at timestamptz NOT NULL DEFAULT now())""".format(**names).encode()
@@ -646,22 +721,23 @@ class PgStore(StoreBase):
 
     # -- running transactions ----------------------------------------------------------------------
 
-    async def _write(self, body: Callable[[_Tx], Awaitable[T]]) -> T:
-        """Run ``body`` in one transaction holding the schema's write lock."""
-        return await self._run(body, write=True)
+    async def _write(self, body: Callable[[_Tx], Awaitable[T]], *, locked: bool = True) -> T:
+        """Run ``body`` in one write transaction, holding the schema's write lock unless
+        ``locked`` is false (for writes that one guarded statement makes safe on its own)."""
+        return await self._run(body, write=True, locked=locked)
 
     async def _read(self, body: Callable[[_Tx], Awaitable[T]]) -> T:
         """Run ``body`` in one read-only transaction (a consistent snapshot)."""
-        return await self._run(body, write=False)
+        return await self._run(body, write=False, locked=False)
 
-    async def _run(self, body: Callable[[_Tx], Awaitable[T]], *, write: bool) -> T:
+    async def _run(self, body: Callable[[_Tx], Awaitable[T]], *, write: bool, locked: bool) -> T:
         self._check_connected()
         try:
             async with self._pool.connection() as conn:
                 begin: list[tuple[bytes, Sequence[Any]]] = [
                     (b"BEGIN" if write else b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", ())
                 ]
-                if write:
+                if locked:
                     begin.append(
                         (
                             b"SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
@@ -672,12 +748,13 @@ class PgStore(StoreBase):
                     begin.append((b"SELECT extract(epoch FROM clock_timestamp())::float8", ()))
                 results = await conn.pipeline(begin)
                 now = self._clock.time() if self._clock is not None else float(results[-1][0][0])
-                tx = _Tx(self, conn, now)
+                tx = _Tx(self, conn, now, write=write)
                 try:
                     result = await body(tx)
                     if write:
-                        await tx.flush()
-                    await conn.execute(b"COMMIT")
+                        await tx.commit()
+                    else:
+                        await conn.execute(b"COMMIT")
                 except BaseException:
                     if not conn.broken and conn.in_transaction:
                         with anyio.CancelScope(shield=True):
@@ -847,9 +924,99 @@ class PgStore(StoreBase):
     ) -> list[JobData]:
         check_name(queue_name, "queue_name")
         duration, limit, fetch = check_fetch(worker_id, lock_duration, limit, opts)
+        if fetch.limiter is None and fetch.max_global_concurrency is None and not fetch.lifo:
+            claimed = await self._claim_plain(queue_name, worker_id, duration, limit, fetch)
+            if claimed is not None:
+                return claimed
         return await self._write(
             lambda tx: self._claim(tx, queue_name, worker_id, duration, limit, fetch)
         )
+
+    async def _claim_plain(
+        self, queue: str, worker_id: str, duration: float, limit: int, fetch: FetchOptions
+    ) -> list[JobData] | None:
+        """The claim of a queue whose waiting jobs have no group, when no queue-wide limit
+        applies: one statement, no schema lock, side by side with other claims
+        (``FOR UPDATE SKIP LOCKED``). ``None`` when jobs of groups are waiting: round robin
+        between lanes then needs the locked claim."""
+        names = "" if fetch.job_name is None else " AND j.name = ?"
+        claim = self._sql(
+            f"""WITH clock AS MATERIALIZED (
+                SELECT coalesce(?::float8, extract(epoch FROM clock_timestamp())::float8) AS t),
+            picked AS (
+                SELECT j.pk, j.priority, j.seq FROM {{jobs}} AS j
+                WHERE j.queue = ? AND j.lane = '' AND j.state = 'waiting'{names}
+                    AND NOT EXISTS (SELECT 1 FROM {{paused}} AS p
+                        WHERE p.queue = j.queue AND (p.name = j.name OR p.name = ?))
+                    AND NOT EXISTS (SELECT 1 FROM {{lanes}} AS l
+                        WHERE l.queue = ? AND l.waiting > 0)
+                ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED)
+            UPDATE {{jobs}} AS j SET state = 'active', seq = nextval({{seq_name}}),
+                processed_at = to_timestamp(clock.t), lock_until = to_timestamp(clock.t + ?),
+                locked_by = ?, lock_token = ? || ':' || j.pk || '.' || (j.version + 1),
+                version = j.version + 1
+            FROM picked, clock WHERE j.pk = picked.pk
+            RETURNING picked.priority, picked.seq, j.pk, j.version, j.record, j.processed_at,
+                j.lock_until, j.lock_token, clock.t"""
+        )
+        args: list[Any] = [None if self._clock is None else self._clock.time(), queue]
+        if fetch.job_name is not None:
+            args.append(fetch.job_name)
+        args += [ALL_JOB_NAMES, queue, limit, duration, worker_id, worker_id]
+        self._check_connected()
+        try:
+            async with self._pool.connection() as conn:
+                try:
+                    _begin, _async, [(grouped,)], rows = await conn.pipeline(
+                        [
+                            (b"BEGIN", ()),
+                            (b"SET LOCAL synchronous_commit = off", ()),
+                            (
+                                self._sql(
+                                    """SELECT EXISTS (SELECT 1 FROM {lanes}
+                                    WHERE queue = ? AND waiting > 0)"""
+                                ),
+                                (queue,),
+                            ),
+                            (claim, args),
+                        ]
+                    )
+                    if not rows:
+                        await conn.execute(b"COMMIT")
+                        return None if grouped else []
+                    tx = _Tx(self, conn, float(rows[0][-1]), write=True)
+                    claimed: list[JobData] = []
+                    remember: list[tuple[str, _Claim]] = []
+                    rows.sort(key=lambda row: (row[0], row[1]))  # claim order
+                    for _prio, _seq, pk, version, record, processed, lock_until, token, _t in rows:
+                        job = structure(record, JobData)
+                        job.state = JobState.ACTIVE
+                        job.processed_at = processed
+                        job.lock_until = lock_until
+                        job.locked_by = worker_id
+                        job.lock_token = token
+                        tx.emit_state(job, JobState.WAITING)
+                        claimed.append(job)
+                        claim_of = _Claim(pk, version, queue, job.id, record, worker_id, processed)
+                        remember.append((token, claim_of))
+                    await tx.commit()
+                except BaseException:
+                    if not conn.broken and conn.in_transaction:
+                        with anyio.CancelScope(shield=True):
+                            await conn.execute(b"ROLLBACK")
+                    raise
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL error ({self._where()}): {exc}") from exc
+        self._remember(remember)
+        if tx.events:
+            self._deliver(tx.events)
+        return claimed
+
+    def _remember(self, claimed: list[tuple[str, _Claim]]) -> None:
+        cache = self._claimed
+        cache.update(claimed)
+        while len(cache) > _CLAIM_CACHE:  # jobs finished elsewhere (stalled, taken over)
+            del cache[next(iter(cache))]
 
     async def _claim(
         self,
@@ -893,19 +1060,23 @@ class PgStore(StoreBase):
                 lock_until = ?, locked_by = ?, lock_token = v.token, version = j.version + 1
             FROM unnest(?::bigint[], ?::bigint[], ?::text[]) WITH ORDINALITY
                 AS v(pk, seq, token, ord)
-            WHERE j.pk = v.pk RETURNING v.ord, j.record""",
+            WHERE j.pk = v.pk RETURNING v.ord, j.record, j.pk, j.version""",
             (processed, lock_until, worker_id, [pk for pk, _lane in picks], seqs, tokens),
         )
         claimed: list[JobData] = []
-        for ordinal, record in sorted(rows, key=lambda row: row[0]):
+        remember: list[tuple[str, _Claim]] = []
+        for ordinal, record, pk, version in sorted(rows, key=lambda row: row[0]):
             job = structure(record, JobData)
             job.state = JobState.ACTIVE
             job.processed_at = processed
             job.lock_until = lock_until
             job.locked_by = worker_id
-            job.lock_token = tokens[int(ordinal) - 1]
+            job.lock_token = token = tokens[int(ordinal) - 1]
             tx.emit_state(job, JobState.WAITING)
             claimed.append(job)
+            claim = _Claim(pk, version, queue, job.id, record, worker_id, processed)
+            remember.append((token, claim))
+        tx.after_commit(lambda: self._remember(remember))
         statements: list[tuple[bytes, Sequence[Any]]] = []
         if served:
             statements.append(
@@ -962,7 +1133,8 @@ class PgStore(StoreBase):
                 for job_id in ids
             }
 
-        return await self._write(body)
+        # One statement guarded by each lock token: no schema lock needed.
+        return await self._write(body, locked=False)
 
     async def release_lock(self, queue_name: str, job_id: str, lock_token: str) -> bool:
         check_name(queue_name, "queue_name")
@@ -972,11 +1144,126 @@ class PgStore(StoreBase):
 
     async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[bool]:
         clean = check_outcomes(outcomes)
+        results: list[bool | None] = [None] * len(clean)
+        quick: list[tuple[int, JobOutcome, _Claim]] = []
+        for i, outcome in enumerate(clean):
+            claim = self._claimed.get(outcome.lock_token)
+            if (
+                claim is not None
+                and outcome.kind is OutcomeKind.COMPLETED
+                and outcome.failed_reason is None
+                and outcome.stacktrace is None
+                and claim.queue == outcome.queue_name
+                and claim.job_id == outcome.job_id
+                and claim.simple
+            ):
+                quick.append((i, outcome, claim))
+        if quick:
+            for i in await self._complete_claimed(quick):
+                results[i] = True
+        rest = [i for i, result in enumerate(results) if result is None]
+        if rest:
 
-        async def body(tx: _Tx) -> list[bool]:
-            return [await tx.finish(outcome) for outcome in clean]
+            async def body(tx: _Tx) -> list[bool]:
+                return [await tx.finish(clean[i]) for i in rest]
 
-        return await self._write(body)
+            for i, result in zip(rest, await self._write(body), strict=True):
+                results[i] = result
+        for outcome in clean:
+            self._claimed.pop(outcome.lock_token, None)
+        return [bool(result) for result in results]
+
+    async def _complete_claimed(self, quick: list[tuple[int, JobOutcome, _Claim]]) -> list[int]:
+        """The common outcome, written without reading the jobs or taking the schema lock:
+        they completed, they have no parent and nothing to remove, and their rows were not
+        written since this store claimed them (the version says so). One statement writes
+        the jobs, the queue totals and the metrics. Returns the indexes it completed; the
+        others (progress, logs or a cancel request wrote the row since) take the general path.
+        """
+        self._check_connected()
+        try:
+            async with self._pool.connection() as conn:
+                try:
+                    if self._clock is None:
+                        _begin, [(now,)] = await conn.pipeline(
+                            [
+                                (b"BEGIN", ()),
+                                (b"SELECT extract(epoch FROM clock_timestamp())::float8", ()),
+                            ]
+                        )
+                    else:
+                        await conn.execute(b"BEGIN")
+                        now = self._clock.time()
+                    tx = _Tx(self, conn, float(now), write=True)
+                    finished = from_timestamp(tx.now)
+                    pks: list[int] = []
+                    versions: list[int] = []
+                    tokens: list[str] = []
+                    records: list[str] = []
+                    jobs: dict[int, tuple[int, JobData]] = {}
+                    for i, outcome, claim in quick:
+                        job = structure(claim.record, JobData)
+                        job.locked_by = claim.worker_id
+                        job.processed_at = claim.processed_at
+                        tx.record_attempt(job, OutcomeKind.COMPLETED.value, None, count=True)
+                        tx.clear_lock(job)
+                        job.processed_at = claim.processed_at
+                        job.state = JobState.COMPLETED
+                        job.returnvalue = outcome.returnvalue
+                        job.completed_at = finished
+                        pks.append(claim.pk)
+                        versions.append(claim.version)
+                        tokens.append(outcome.lock_token)
+                        records.append(record_json(job))
+                        jobs[claim.pk] = (i, job)
+                    minute = int(tx.now // 60)
+                    rows = await tx.execute(
+                        """WITH v AS (SELECT * FROM unnest(?::bigint[], ?::bigint[], ?::text[],
+                                ?::text[]) AS v(pk, version, token, record)),
+                        done AS (
+                            UPDATE {jobs} AS j SET state = 'completed',
+                                seq = nextval({seq_name}), lock_until = NULL, locked_by = NULL,
+                                lock_token = NULL, finished_at = ?, record = v.record::json,
+                                version = j.version + 1
+                            FROM v WHERE j.pk = v.pk AND j.version = v.version
+                                AND j.lock_token = v.token AND j.state = 'active'
+                            RETURNING j.pk, j.queue),
+                        counted AS (SELECT queue, count(*) AS n FROM done GROUP BY queue),
+                        totals AS (UPDATE {queues} AS q SET completed = q.completed + c.n
+                            FROM counted AS c WHERE q.name = c.queue),
+                        added AS (INSERT INTO {metrics} AS m (queue, kind, minute, count)
+                            SELECT queue, 'completed', ?, n FROM counted
+                            ON CONFLICT (queue, kind, minute)
+                            DO UPDATE SET count = m.count + excluded.count),
+                        pruned AS (DELETE FROM {metrics} WHERE kind = 'completed'
+                            AND queue IN (SELECT queue FROM counted) AND minute < ?)
+                        SELECT pk FROM done""",
+                        (
+                            pks,
+                            versions,
+                            tokens,
+                            records,
+                            finished,
+                            minute,
+                            minute - self._metrics_minutes,
+                        ),
+                    )
+                    completed: list[int] = []
+                    for (pk,) in rows:
+                        i, job = jobs[pk]
+                        completed.append(i)
+                        tx.emit_state(job, JobState.ACTIVE, returnvalue=copy_json(job.returnvalue))
+                    await tx.commit()
+                except BaseException:
+                    if not conn.broken and conn.in_transaction:
+                        with anyio.CancelScope(shield=True):
+                            await conn.execute(b"ROLLBACK")
+                    raise
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL error ({self._where()}): {exc}") from exc
+        if tx.events:
+            self._deliver(tx.events)
+        return completed
 
     # -- flows -------------------------------------------------------------------------------------
 
@@ -1352,7 +1639,7 @@ class PgStore(StoreBase):
         async def body(tx: _Tx) -> None:
             tx.publish(clean)
 
-        await self._write(body)
+        await self._write(body, locked=False)
 
     def _deliver_foreign(self, events: list[StoreEvent]) -> None:
         if self._lifecycle is Lifecycle.CONNECTED:

@@ -158,7 +158,7 @@ class PgConnection:
             for query, params in statements:
                 tx = Transformer()
                 if params:
-                    dumped = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
+                    dumped = tx.dump_sequence(params, [PyFormat.BINARY] * len(params))
                     pgconn.send_query_params(
                         query,
                         dumped,
