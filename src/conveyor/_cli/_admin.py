@@ -224,7 +224,9 @@ def _read_data(value: str | None) -> JsonValue:
             with open(value[1:], encoding="utf-8") as f:
                 text = f.read()
         except OSError as exc:
-            raise click.BadParameter(f"cannot read {value[1:]!r}: {exc.strerror}") from None
+            raise click.BadParameter(
+                f"cannot read {value[1:]!r}: {exc.strerror}", param_hint="'--data'"
+            ) from None
     try:
         return check_json(json.loads(text), "data")
     except json.JSONDecodeError as exc:
@@ -235,24 +237,27 @@ def _read_data(value: str | None) -> JsonValue:
 
 def _backoff(spec: str | None, jitter: float, max_delay: float | None) -> Backoff | None:
     """``--backoff``: ``fixed:DELAY``, ``exponential:DELAY`` or ``custom:MODULE:FUNCTION``."""
+    hint = "'--backoff'"
     if spec is None:
         if jitter or max_delay is not None:
-            raise click.BadParameter("needs --backoff", param_hint="'--backoff-jitter/-max-delay'")
+            hint = "'--backoff-jitter' / '--backoff-max-delay'"
+            raise click.BadParameter("needs --backoff", param_hint=hint)
         return None
     kind, _, rest = spec.partition(":")
+    if kind == "fixed" and max_delay is not None:
+        raise click.BadParameter("a fixed backoff has no max delay", param_hint=hint)
     try:
         if kind == "custom":
             return Backoff.custom(rest, jitter=jitter, max_delay=max_delay)
         if kind in ("fixed", "exponential") and rest:
             delay = DURATION.convert(rest, None, None)
             if kind == "fixed":
-                if max_delay is not None:
-                    raise click.BadParameter("a fixed backoff has no max delay")
                 return Backoff.fixed(delay, jitter=jitter)
             return Backoff.exponential(delay, jitter=jitter, max_delay=max_delay)
-    except (ConveyorError, click.BadParameter) as exc:
-        message = exc.format_message() if isinstance(exc, click.BadParameter) else str(exc)
-        raise click.BadParameter(message, param_hint="'--backoff'") from None
+    except ConveyorError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+    except click.BadParameter as exc:
+        raise click.BadParameter(exc.message, param_hint=hint) from None
     raise click.BadParameter(
         f"expected fixed:DELAY, exponential:DELAY or custom:MODULE:FUNCTION, got {spec!r}",
         param_hint="'--backoff'",
@@ -356,7 +361,8 @@ def add(
     if every is not None or cron is not None:
         options["repeat"] = Repeat(cron=cron, every=every, limit=repeat_limit, tz=tz)
     elif tz is not None or repeat_limit is not None:
-        raise click.BadParameter("needs --every or --cron", param_hint="'--tz/--repeat-limit'")
+        hint = "'--tz' / '--repeat-limit'"
+        raise click.BadParameter("needs --every or --cron", param_hint=hint)
 
     async def body() -> Job:
         async with open_store(store_url) as store:

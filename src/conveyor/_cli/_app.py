@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import sys
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
@@ -61,6 +62,8 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 console = Console(highlight=False, markup=False, soft_wrap=True)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = 160  # to a file or a pipe: tables as wide as they need, not 80 columns
 """Where human output goes (stdout). No markup: queue and job names are printed as they are.
 JSON output bypasses rich: it must stay one document, unwrapped."""
 
@@ -101,7 +104,10 @@ class _Duration(_FloatType):
         try:
             return parse_duration(given, "duration", allow_zero=not self.positive)
         except ConveyorError as exc:
-            self.fail(str(exc).removeprefix("duration: "), param, ctx)
+            message = str(exc).removeprefix("duration: ")
+            if message.startswith("cannot read"):
+                message = f"cannot read {value!r} as a duration (try 2.5, 250ms, 5s, 2m, 1h30m)"
+            self.fail(message, param, ctx)
 
 
 class _State(_StateType):

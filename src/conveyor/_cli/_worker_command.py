@@ -279,23 +279,25 @@ async def _serve(settings: _Settings) -> int:
     )
     async with open_store(settings.store_url) as store, anyio.create_task_group() as tg:
         await tg.start(signals.watch)
-        with signals.forced:
-            async with open_worker(
-                settings.queue, settings.processor, store=store, **settings.options
-            ) as worker:
-                status.worker_id = worker.id
-                signals.worker = worker
-                worker.events.on("*", status.on_event)
-                console.print(
-                    f"worker {worker.id} on {status.where}: running {settings.spec}, "
-                    f"concurrency {status.concurrency}, {settings.backend} "
-                    "(SIGINT / SIGTERM to stop)"
-                )
-                if console.is_terminal:
-                    live.start()
-                await signals.stop.wait()
-            # left cleanly: open_worker gave running jobs their shutdown_timeout
-        live.stop()
+        try:
+            with signals.forced:
+                async with open_worker(
+                    settings.queue, settings.processor, store=store, **settings.options
+                ) as worker:
+                    status.worker_id = worker.id
+                    signals.worker = worker
+                    worker.events.on("*", status.on_event)
+                    console.print(
+                        f"worker {worker.id} on {status.where}: running {settings.spec}, "
+                        f"concurrency {status.concurrency}, {settings.backend} "
+                        "(SIGINT / SIGTERM to stop)"
+                    )
+                    if console.is_terminal:
+                        live.start()
+                    await signals.stop.wait()
+                # left cleanly: open_worker gave running jobs their shutdown_timeout
+        finally:
+            live.stop()  # (the terminal gets its cursor back whatever happened)
         tg.cancel_scope.cancel()
     if signals.forced_by is not None:
         console.print(f"stopped after cancelling running jobs: {status.summary()}")
