@@ -126,12 +126,7 @@ def test_public_methods_have_docstrings(cls: type) -> None:
     [
         MemoryStore,
         SqliteStore,
-        pytest.param(
-            PgStore,
-            marks=pytest.mark.xfail(
-                strict=False, reason="PgStore.schema has no docstring yet (postgres/ in rewrite)"
-            ),
-        ),
+        PgStore,
     ],
 )
 def test_store_classes_document_what_the_contract_does_not(cls: type) -> None:

@@ -40,6 +40,7 @@ def qualified(schema: str) -> dict[str, str]:
     names["lane_trigger_fn"] = sql.Identifier(schema, "conveyor_jobs_lanes").as_string(None)
     names["seq"] = sql.Identifier(schema, "conveyor_seq").as_string(None)
     names["seq_name"] = sql.Literal(names["seq"]).as_string(None)  # for nextval('...')
+    names["notify_fn"] = sql.Identifier(schema, "conveyor_notify").as_string(None)
     return names
 
 
@@ -146,6 +147,33 @@ CREATE TRIGGER conveyor_jobs_moved AFTER UPDATE OF state, lane ON {jobs}
 _V2 = """
 CREATE SEQUENCE {seq} AS bigint;
 SELECT setval({seq_name}, coalesce((SELECT max(abs(seq)) FROM {jobs}), 0) + 1, false);
+
+-- Events of a statement sent from inside it (claims and completions are one statement each):
+-- the items, each a JSON array already small enough, packed greedily into payloads that stay
+-- under NOTIFY's 8,000 bytes, as the store packs the events of its other transactions.
+CREATE FUNCTION {notify_fn}(channel text, head text, items text[]) RETURNS integer
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    body text := '';
+    item text;
+    sent integer := 0;
+BEGIN
+    FOREACH item IN ARRAY coalesce(items, '{{}}'::text[]) LOOP
+        IF body <> '' AND octet_length(head) + octet_length(body) + octet_length(item) + 3 > 7900
+        THEN
+            PERFORM pg_notify(channel, head || body || ']}}');
+            sent := sent + 1;
+            body := '';
+        END IF;
+        body := CASE WHEN body = '' THEN item ELSE body || ',' || item END;
+    END LOOP;
+    IF body <> '' THEN
+        PERFORM pg_notify(channel, head || body || ']}}');
+        sent := sent + 1;
+    END IF;
+    RETURN sent;
+END
+$fn$;
 """
 
 MIGRATIONS: list[tuple[str, Callable[[dict[str, str]], list[str]]]] = [
@@ -154,7 +182,8 @@ MIGRATIONS: list[tuple[str, Callable[[dict[str, str]], list[str]]]] = [
         lambda names: [_V1.format(**names)],
     ),
     (
-        "one sequence for every seq, so that claims and completions need no counter row",
+        "one sequence for every seq, so that claims and completions need no counter row; "
+        "events sent from inside a statement",
         lambda names: [_V2.format(**names)],
     ),
 ]

@@ -35,7 +35,7 @@ import threading
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anyio
@@ -75,7 +75,7 @@ from conveyor.store import (
     parse_duration,
     structure,
 )
-from conveyor.store._base import Lifecycle, StoreBase
+from conveyor.store._base import Lifecycle, StoreBase, add_attempt
 from conveyor.store._validate import (
     check_event,
     check_fetch,
@@ -101,8 +101,22 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _NOTIFY_LIMIT = 7_900
 """Bytes per NOTIFY payload (PostgreSQL refuses 8,000 and more)."""
 _PLACEHOLDER = re.compile(r"\?")
+_STAMP = datetime(1, 1, 1, tzinfo=UTC)
+"""A stand-in for the server's time in a record made before the statement that writes it."""
+_STAMP_JSON = _ENCODER.encode(_STAMP.isoformat())
+_HEAD_ROOM = 80
+"""Bytes a NOTIFY payload's head (origin, time) takes, with room to spare."""
 _CLAIM_CACHE = 10_000
 """Claims remembered for completing them without a read (see ``_Claim``)."""
+
+
+def _event_item(row: tuple[Any, ...]) -> str:
+    """One event ``(queue, type, job_id, data(, at))`` as it goes into a NOTIFY payload; one
+    too big for any payload goes without its data (other processes read the job for it)."""
+    item = _ENCODER.encode(row)
+    if len(item.encode()) + _HEAD_ROOM > _NOTIFY_LIMIT:
+        item = _ENCODER.encode((*row[:3], {"truncated": True}, *row[4:]))
+    return item
 
 
 def _dt(value: float | None) -> datetime | None:
@@ -177,8 +191,9 @@ class _Tx(JobTx):
             statements.append(
                 (
                     store._sql(
-                        """UPDATE {queues} SET tick = ?, plain_served = ?,
-                        completed = completed + ?, failed = failed + ? WHERE name = ?"""
+                        """UPDATE {queues} SET tick = greatest(tick, ?),
+                            plain_served = greatest(plain_served, ?),
+                            completed = completed + ?, failed = failed + ? WHERE name = ?"""
                     ),
                     (tick, plain, completed, failed, queue),
                 )
@@ -215,12 +230,8 @@ class _Tx(JobTx):
         items: list[str] = []
         size = len(head) + 2
         for row in self.rows:
-            item = _ENCODER.encode(row)
+            item = _event_item(row)
             length = len(item.encode()) + 1
-            if length + len(head) + 1 > _NOTIFY_LIMIT:
-                # Too big for any payload: other processes get the event without its data.
-                item = _ENCODER.encode((*row[:3], {"truncated": True}, *row[4:]))
-                length = len(item.encode()) + 1
             if items and size + length > _NOTIFY_LIMIT:
                 payloads.append(head + ",".join(items) + "]}")
                 items, size = [], len(head) + 2
@@ -588,6 +599,7 @@ class PgStore(StoreBase):
 
     @property
     def schema(self) -> str:
+        """The PostgreSQL schema holding this store's tables (``public`` by default)."""
         return self._schema
 
     def __repr__(self) -> str:
@@ -936,9 +948,14 @@ class PgStore(StoreBase):
         self, queue: str, worker_id: str, duration: float, limit: int, fetch: FetchOptions
     ) -> list[JobData] | None:
         """The claim of a queue whose waiting jobs have no group, when no queue-wide limit
-        applies: one statement, no schema lock, side by side with other claims
-        (``FOR UPDATE SKIP LOCKED``). ``None`` when jobs of groups are waiting: round robin
-        between lanes then needs the locked claim."""
+        applies: one statement in one round trip, no schema lock, side by side with other
+        claims (``FOR UPDATE SKIP LOCKED``); it sends its own ``active`` events. ``None`` when
+        jobs of groups are waiting: round robin between lanes then needs the locked claim.
+
+        It moves the queue's round-robin tick, so groups added later take their turn after the
+        group-less lane's latest. The queue row is the last row any transaction of this store
+        locks (a locked writer writes it when it commits), so none waits for another in a cycle.
+        """
         names = "" if fetch.job_name is None else " AND j.name = ?"
         claim = self._sql(
             f"""WITH clock AS MATERIALIZED (
@@ -950,66 +967,63 @@ class PgStore(StoreBase):
                         WHERE p.queue = j.queue AND (p.name = j.name OR p.name = ?))
                     AND NOT EXISTS (SELECT 1 FROM {{lanes}} AS l
                         WHERE l.queue = ? AND l.waiting > 0)
-                ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED)
-            UPDATE {{jobs}} AS j SET state = 'active', seq = nextval({{seq_name}}),
-                processed_at = to_timestamp(clock.t), lock_until = to_timestamp(clock.t + ?),
-                locked_by = ?, lock_token = ? || ':' || j.pk || '.' || (j.version + 1),
-                version = j.version + 1
-            FROM picked, clock WHERE j.pk = picked.pk
-            RETURNING picked.priority, picked.seq, j.pk, j.version, j.record, j.processed_at,
-                j.lock_until, j.lock_token, clock.t"""
+                ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED),
+            claimed AS (
+                UPDATE {{jobs}} AS j SET state = 'active', seq = nextval({{seq_name}}),
+                    processed_at = to_timestamp(clock.t), lock_until = to_timestamp(clock.t + ?),
+                    locked_by = ?, lock_token = ? || ':' || j.pk || '.' || (j.version + 1),
+                    version = j.version + 1
+                FROM picked, clock WHERE j.pk = picked.pk
+                RETURNING picked.priority, picked.seq AS waited, j.pk, j.version, j.id, j.record,
+                    j.processed_at, j.lock_until, j.lock_token),
+            ticked AS (
+                UPDATE {{queues}} AS q SET tick = q.tick + n.c, plain_served = q.tick + n.c
+                FROM (SELECT count(*) AS c FROM claimed) AS n WHERE q.name = ? AND n.c > 0),
+            told AS (
+                SELECT {{notify_fn}}(?, '{{{{"o":"' || ? || '","at":' || clock.t || ',"e":[',
+                    array_agg(json_build_array(?::text, 'active', c.id,
+                        json_build_object('prev', 'waiting'))::text)) AS sent
+                FROM claimed AS c, clock GROUP BY clock.t)
+            SELECT c.priority, c.waited, c.pk, c.version, c.record, c.processed_at, c.lock_until,
+                c.lock_token, clock.t
+            FROM claimed AS c CROSS JOIN clock LEFT JOIN told ON told.sent >= 0"""
         )
         args: list[Any] = [None if self._clock is None else self._clock.time(), queue]
         if fetch.job_name is not None:
             args.append(fetch.job_name)
         args += [ALL_JOB_NAMES, queue, limit, duration, worker_id, worker_id]
-        self._check_connected()
+        args += [queue, self._channel, self._origin, queue]
+        gate = self._sql("SELECT EXISTS (SELECT 1 FROM {lanes} WHERE queue = ? AND waiting > 0)")
         try:
             async with self._pool.connection() as conn:
-                try:
-                    _begin, _async, [(grouped,)], rows = await conn.pipeline(
-                        [
-                            (b"BEGIN", ()),
-                            (b"SET LOCAL synchronous_commit = off", ()),
-                            (
-                                self._sql(
-                                    """SELECT EXISTS (SELECT 1 FROM {lanes}
-                                    WHERE queue = ? AND waiting > 0)"""
-                                ),
-                                (queue,),
-                            ),
-                            (claim, args),
-                        ]
-                    )
-                    if not rows:
-                        await conn.execute(b"COMMIT")
-                        return None if grouped else []
-                    tx = _Tx(self, conn, float(rows[0][-1]), write=True)
-                    claimed: list[JobData] = []
-                    remember: list[tuple[str, _Claim]] = []
-                    rows.sort(key=lambda row: (row[0], row[1]))  # claim order
-                    for _prio, _seq, pk, version, record, processed, lock_until, token, _t in rows:
-                        job = structure(record, JobData)
-                        job.state = JobState.ACTIVE
-                        job.processed_at = processed
-                        job.lock_until = lock_until
-                        job.locked_by = worker_id
-                        job.lock_token = token
-                        tx.emit_state(job, JobState.WAITING)
-                        claimed.append(job)
-                        claim_of = _Claim(pk, version, queue, job.id, record, worker_id, processed)
-                        remember.append((token, claim_of))
-                    await tx.commit()
-                except BaseException:
-                    if not conn.broken and conn.in_transaction:
-                        with anyio.CancelScope(shield=True):
-                            await conn.execute(b"ROLLBACK")
-                    raise
+                [(grouped,)], rows = await conn.pipeline([(gate, (queue,)), (claim, args)])
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL error ({self._where()}): {exc}") from exc
+        if not rows:
+            return None if grouped else []
+        rows.sort(key=lambda row: (row[0], row[1]))  # claim order
+        at = from_timestamp(float(rows[0][-1]))
+        local = bool(self._subscribers)
+        events: list[StoreEvent] = []
+        claimed: list[JobData] = []
+        remember: list[tuple[str, _Claim]] = []
+        for _priority, _waited, pk, version, record, processed, lock_until, token, _t in rows:
+            job = structure(record, JobData)
+            job.state = JobState.ACTIVE
+            job.processed_at = processed
+            job.lock_until = lock_until
+            job.locked_by = worker_id
+            job.lock_token = token
+            claimed.append(job)
+            remember.append(
+                (token, _Claim(pk, version, queue, job.id, record, worker_id, processed))
+            )
+            if local:
+                data = {"prev": JobState.WAITING.value}
+                events.append(StoreEvent(JobState.ACTIVE.value, queue, job.id, data, at))
         self._remember(remember)
-        if tx.events:
-            self._deliver(tx.events)
+        if events:
+            self._deliver(events)
         return claimed
 
     def _remember(self, claimed: list[tuple[str, _Claim]]) -> None:
@@ -1176,94 +1190,122 @@ class PgStore(StoreBase):
     async def _complete_claimed(self, quick: list[tuple[int, JobOutcome, _Claim]]) -> list[int]:
         """The common outcome, written without reading the jobs or taking the schema lock:
         they completed, they have no parent and nothing to remove, and their rows were not
-        written since this store claimed them (the version says so). One statement writes
-        the jobs, the queue totals and the metrics. Returns the indexes it completed; the
-        others (progress, logs or a cancel request wrote the row since) take the general path.
+        written since this store claimed them (the version says so). One statement in one
+        round trip writes the jobs, the queue totals and the metrics and sends the events.
+        Returns the indexes it completed; the others (progress, logs or a cancel request wrote
+        the row since) take the general path.
+
+        The records are made here, but the time is the server's: each record is sent in three
+        parts around its two timestamps (``completed_at`` and the attempt's ``finished_at``),
+        which the statement fills in.
         """
+        pks: list[int] = []
+        versions: list[int] = []
+        tokens: list[str] = []
+        parts: tuple[list[str], list[str], list[str]] = ([], [], [])
+        items: list[str] = []
+        jobs: dict[int, tuple[int, JobData]] = {}
+        for i, outcome, claim in quick:
+            job = structure(claim.record, JobData)
+            job.locked_by = claim.worker_id
+            job.processed_at = claim.processed_at
+            add_attempt(job, _STAMP, OutcomeKind.COMPLETED.value, None, count=True)
+            job.state = JobState.COMPLETED
+            job.returnvalue = outcome.returnvalue
+            job.completed_at = _STAMP
+            pieces = record_json(job).split(_STAMP_JSON)
+            if len(pieces) != 3:
+                continue  # the stamp's text is in the job's own data: the general path
+            for column, piece in zip(parts, pieces, strict=True):
+                column.append(piece)
+            pks.append(claim.pk)
+            versions.append(claim.version)
+            tokens.append(outcome.lock_token)
+            items.append(
+                _event_item(
+                    (
+                        claim.queue,
+                        JobState.COMPLETED.value,
+                        claim.job_id,
+                        {"prev": JobState.ACTIVE.value, "returnvalue": outcome.returnvalue},
+                    )
+                )
+            )
+            jobs[claim.pk] = (i, job)
+        if not pks:
+            return []
         self._check_connected()
         try:
             async with self._pool.connection() as conn:
-                try:
-                    if self._clock is None:
-                        _begin, [(now,)] = await conn.pipeline(
-                            [
-                                (b"BEGIN", ()),
-                                (b"SELECT extract(epoch FROM clock_timestamp())::float8", ()),
-                            ]
-                        )
-                    else:
-                        await conn.execute(b"BEGIN")
-                        now = self._clock.time()
-                    tx = _Tx(self, conn, float(now), write=True)
-                    finished = from_timestamp(tx.now)
-                    pks: list[int] = []
-                    versions: list[int] = []
-                    tokens: list[str] = []
-                    records: list[str] = []
-                    jobs: dict[int, tuple[int, JobData]] = {}
-                    for i, outcome, claim in quick:
-                        job = structure(claim.record, JobData)
-                        job.locked_by = claim.worker_id
-                        job.processed_at = claim.processed_at
-                        tx.record_attempt(job, OutcomeKind.COMPLETED.value, None, count=True)
-                        tx.clear_lock(job)
-                        job.processed_at = claim.processed_at
-                        job.state = JobState.COMPLETED
-                        job.returnvalue = outcome.returnvalue
-                        job.completed_at = finished
-                        pks.append(claim.pk)
-                        versions.append(claim.version)
-                        tokens.append(outcome.lock_token)
-                        records.append(record_json(job))
-                        jobs[claim.pk] = (i, job)
-                    minute = int(tx.now // 60)
-                    rows = await tx.execute(
-                        """WITH v AS (SELECT * FROM unnest(?::bigint[], ?::bigint[], ?::text[],
-                                ?::text[]) AS v(pk, version, token, record)),
+                rows = await conn.execute(
+                    self._sql(
+                        """WITH clock AS MATERIALIZED (SELECT coalesce(?::float8,
+                            extract(epoch FROM clock_timestamp())::float8) AS t),
+                        stamp AS MATERIALIZED (SELECT t, floor(t / 60)::bigint AS minute,
+                            '"' || to_char(to_timestamp(t) AT TIME ZONE 'UTC',
+                                'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00"' AS iso FROM clock),
+                        v AS (SELECT * FROM unnest(?::bigint[], ?::bigint[], ?::text[], ?::text[],
+                            ?::text[], ?::text[], ?::text[])
+                            AS v(pk, version, token, a, b, c, item)),
                         done AS (
                             UPDATE {jobs} AS j SET state = 'completed',
                                 seq = nextval({seq_name}), lock_until = NULL, locked_by = NULL,
-                                lock_token = NULL, finished_at = ?, record = v.record::json,
+                                lock_token = NULL, finished_at = to_timestamp(stamp.t),
+                                record = (v.a || stamp.iso || v.b || stamp.iso || v.c)::json,
                                 version = j.version + 1
-                            FROM v WHERE j.pk = v.pk AND j.version = v.version
+                            FROM v, stamp WHERE j.pk = v.pk AND j.version = v.version
                                 AND j.lock_token = v.token AND j.state = 'active'
-                            RETURNING j.pk, j.queue),
+                            RETURNING j.pk, j.queue, v.item),
                         counted AS (SELECT queue, count(*) AS n FROM done GROUP BY queue),
                         totals AS (UPDATE {queues} AS q SET completed = q.completed + c.n
                             FROM counted AS c WHERE q.name = c.queue),
                         added AS (INSERT INTO {metrics} AS m (queue, kind, minute, count)
-                            SELECT queue, 'completed', ?, n FROM counted
+                            SELECT c.queue, 'completed', stamp.minute, c.n FROM counted AS c, stamp
                             ON CONFLICT (queue, kind, minute)
                             DO UPDATE SET count = m.count + excluded.count),
                         pruned AS (DELETE FROM {metrics} WHERE kind = 'completed'
-                            AND queue IN (SELECT queue FROM counted) AND minute < ?)
-                        SELECT pk FROM done""",
-                        (
-                            pks,
-                            versions,
-                            tokens,
-                            records,
-                            finished,
-                            minute,
-                            minute - self._metrics_minutes,
-                        ),
-                    )
-                    completed: list[int] = []
-                    for (pk,) in rows:
-                        i, job = jobs[pk]
-                        completed.append(i)
-                        tx.emit_state(job, JobState.ACTIVE, returnvalue=copy_json(job.returnvalue))
-                    await tx.commit()
-                except BaseException:
-                    if not conn.broken and conn.in_transaction:
-                        with anyio.CancelScope(shield=True):
-                            await conn.execute(b"ROLLBACK")
-                    raise
+                            AND queue IN (SELECT queue FROM counted)
+                            AND minute < (SELECT minute FROM stamp) - ?),
+                        told AS (
+                            SELECT {notify_fn}(?, '{{"o":"' || ? || '","at":' || stamp.t
+                                || ',"e":[', array_agg(d.item)) AS sent
+                            FROM done AS d, stamp GROUP BY stamp.t)
+                        SELECT d.pk, stamp.t FROM done AS d CROSS JOIN stamp
+                            LEFT JOIN told ON told.sent >= 0"""
+                    ),
+                    (
+                        None if self._clock is None else self._clock.time(),
+                        pks,
+                        versions,
+                        tokens,
+                        *parts,
+                        items,
+                        self._metrics_minutes,
+                        self._channel,
+                        self._origin,
+                    ),
+                )
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL error ({self._where()}): {exc}") from exc
-        if tx.events:
-            self._deliver(tx.events)
-        return completed
+        if not rows:
+            return []
+        now = float(rows[0][1])
+        completed: list[int] = []
+        local = bool(self._subscribers)
+        events: list[StoreEvent] = []
+        for pk, _t in rows:
+            i, job = jobs[pk]
+            completed.append(i)
+            if local:
+                data = {"prev": JobState.ACTIVE.value, "returnvalue": copy_json(job.returnvalue)}
+                events.append(
+                    StoreEvent(
+                        JobState.COMPLETED.value, job.queue_name, job.id, data, from_timestamp(now)
+                    )
+                )
+        if events:
+            self._deliver(events)
+        return sorted(completed)
 
     # -- flows -------------------------------------------------------------------------------------
 

@@ -9,7 +9,14 @@ Parameters and results go through psycopg's ``Transformer``, that is psycopg's o
 (``jsonb``, ``timestamptz``, arrays...), results in the binary format.
 
 Queries use PostgreSQL's own placeholders (``$1``, ``$2``...) and are sent as they are: callers
-build every identifier with ``psycopg.sql`` and pass every value as a parameter.
+build every identifier with ``psycopg.sql`` and pass every value as a parameter. Parameters go
+in the binary format (no escaping to do, as a text array of JSON records would need).
+
+Statements are prepared (named) on each connection the first time it runs them, in the same
+round trip, unless the connection is made with ``prepare=False`` (for poolers in transaction
+mode that do not keep prepared statements): planning a statement of the store's can cost more
+than running it. A statement is prepared once per set of parameter types (a Python int is
+sent as int2, int4 or int8 by its size), up to ``_PREPARED_LIMIT`` per connection.
 
 A call that is cancelled, times out or fails at the network level leaves the connection in
 an unknown state (a query half sent, results unread): the connection closes itself and
@@ -34,6 +41,9 @@ __all__ = ["PgConnection", "PgPool", "Rows"]
 Rows = list[tuple[Any, ...]]
 
 _FATAL = pq.ExecStatus.FATAL_ERROR
+_PREPARED_LIMIT = 500
+_UNPREPARED = (b"BEGIN", b"COMMIT", b"ROLLBACK", b"SET", b"LISTEN", b"UNLISTEN")
+"""Statements sent as they are: nothing to plan."""
 _OK_STATUSES = frozenset(
     {pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY}
 )
@@ -69,15 +79,20 @@ async def _ready(fileno: int, wait: Wait) -> Ready:
 class PgConnection:
     """One connection. Not for concurrent use: one call at a time (the pool sees to it)."""
 
-    def __init__(self, pgconn: pq.abc.PGconn) -> None:
+    def __init__(self, pgconn: pq.abc.PGconn, *, prepare: bool = True) -> None:
         self.pgconn = pgconn
         self._encoding = pgconn._encoding if hasattr(pgconn, "_encoding") else "utf-8"
         self._busy = False
+        self._prepare = prepare
+        self._prepared: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
+        self._names = 0
         self.notifies: deque[tuple[str, str]] = deque()
         """Notifications received (channel, payload), in order, until taken."""
 
     @classmethod
-    async def connect(cls, conninfo: str, *, connect_timeout: float = 10.0) -> PgConnection:
+    async def connect(
+        cls, conninfo: str, *, connect_timeout: float = 10.0, prepare: bool = True
+    ) -> PgConnection:
         """Open a connection (``conninfo``: a libpq URL or ``key=value`` string)."""
         gen = generators.connect(conninfo)
         with anyio.fail_after(connect_timeout):
@@ -89,7 +104,7 @@ class PgConnection:
             except StopIteration as stop:
                 pgconn: pq.abc.PGconn = stop.value
         pgconn.nonblocking = 1
-        return cls(pgconn)
+        return cls(pgconn, prepare=prepare)
 
     @property
     def broken(self) -> bool:
@@ -151,34 +166,70 @@ class PgConnection:
         self._busy = True
         pgconn = self.pgconn
         try:
-            transformers = []
-            single = len(statements) == 1
-            if not single:
-                pgconn.enter_pipeline_mode()
+            sends: list[tuple[bytes, Any, Sequence[Any] | None, bytes | None]] = []
+            preparing: list[tuple[tuple[bytes, tuple[int, ...]], bytes] | None] = []
+            pending: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
             for query, params in statements:
                 tx = Transformer()
-                if params:
-                    dumped = tx.dump_sequence(params, [PyFormat.BINARY] * len(params))
+                dumped = (
+                    tx.dump_sequence(params, [PyFormat.BINARY] * len(params)) if params else None
+                )
+                name: bytes | None = None
+                prep = None
+                if self._prepare and not query.startswith(_UNPREPARED):
+                    key = (query, tuple(tx.types or ()) if params else ())
+                    name = self._prepared.get(key) or pending.get(key)
+                    if name is None and len(self._prepared) < _PREPARED_LIMIT:
+                        self._names += 1
+                        name = pending[key] = b"conveyor_%d" % self._names
+                        prep = (key, name)
+                sends.append((query, tx, dumped, name))
+                preparing.append(prep)
+            single = len(statements) == 1 and preparing[0] is None
+            if not single:
+                pgconn.enter_pipeline_mode()
+            for (query, tx, dumped, name), prep in zip(sends, preparing, strict=True):
+                types = tx.types if dumped is not None else None
+                formats = tx.formats if dumped is not None else None
+                if prep is not None:
+                    pgconn.send_prepare(prep[1], query, param_types=types)
+                if name is not None:
+                    pgconn.send_query_prepared(
+                        name, dumped, param_formats=formats, result_format=pq.Format.BINARY
+                    )
+                else:
                     pgconn.send_query_params(
                         query,
                         dumped,
-                        param_types=tx.types,
-                        param_formats=tx.formats,
+                        param_types=types,
+                        param_formats=formats,
                         result_format=pq.Format.BINARY,
                     )
-                else:
-                    pgconn.send_query_params(query, None, result_format=pq.Format.BINARY)
-                transformers.append(tx)
             if single:
                 results = await self._drive(generators.execute(pgconn))
             else:
                 pgconn.pipeline_sync()
-                results = await self._pipeline_results(len(statements))
+                results = await self._pipeline_results()
                 pgconn.exit_pipeline_mode()
             self._take_notifies()
-            out: list[Rows] = []
+            # The results of the preparations come first, each before its statement's: keep
+            # the names of those that took; a failed one is the call's error.
             error: psycopg.Error | None = None
-            for tx, result in zip(transformers, results, strict=False):
+            statement_results: list[pq.abc.PGresult] = []
+            position = 0
+            for prep in preparing:
+                if prep is not None and position < len(results):
+                    result = results[position]
+                    position += 1
+                    if result.status == pq.ExecStatus.COMMAND_OK:
+                        self._prepared[prep[0]] = prep[1]
+                    elif result.status == _FATAL and error is None:
+                        error = psycopg.errors.error_from_result(result, encoding=self._encoding)
+                if position < len(results):
+                    statement_results.append(results[position])
+                    position += 1
+            out: list[Rows] = []
+            for (_query, tx, _dumped, _name), result in zip(sends, statement_results, strict=False):
                 if result.status == _FATAL:
                     error = error or psycopg.errors.error_from_result(
                         result, encoding=self._encoding
@@ -201,7 +252,7 @@ class PgConnection:
         finally:
             self._busy = False
 
-    async def _pipeline_results(self, count: int) -> list[pq.abc.PGresult]:
+    async def _pipeline_results(self) -> list[pq.abc.PGresult]:
         """Flush the pipeline and read one result per statement, up to the sync point."""
         pgconn = self.pgconn
         fileno = pgconn.socket
