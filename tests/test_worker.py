@@ -721,3 +721,22 @@ async def test_a_worker_rides_out_an_unreachable_store(anyio_backend: str) -> No
         for job in jobs:
             await job.refresh()
             assert (job.state, job.attempts_made) == (JobState.COMPLETED, 1)
+
+
+async def test_leaving_the_block_does_not_wait_for_a_poll(store_factory: StoreFactoryT) -> None:
+    """A job that finished just before the block is left ends the shutdown's wait at once, not
+    at the next poll (a minute here): the shutdown hears that the job is gone."""
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        started = anyio.Event()
+        release = anyio.Event()
+
+        async def slow(job: Job) -> None:
+            started.set()
+            await release.wait()
+
+        await queue.add("slow", None)
+        with anyio.fail_after(10):
+            async with open_worker("q", slow, store=fx.store, poll_interval=60):
+                await started.wait()
+                release.set()  # the job finishes while the shutdown waits for it

@@ -313,7 +313,9 @@ class Worker:
     async def _run_fetcher(self, done: anyio.Event) -> None:
         try:
             async with anyio.create_task_group() as slots:
-                for n in range(self._concurrency):
+                # Twice as many slot tasks as units may run: a unit whose processor returned
+                # keeps its task while its outcome is written, and the next one runs meanwhile.
+                for n in range(2 * self._concurrency):
                     slots.start_soon(self._run_slot, name=f"{self.id} slot {n}")
                 try:
                     await self._fetch_until_closed()
@@ -448,6 +450,10 @@ class Worker:
         except Exception as exc:  # the processor raised or timed out
             outcomes = [await self._failure(entry.job, exc) for entry in unit.entries]
         finally:
+            # The processor is done: its slot can be claimed for while the outcome is written
+            # (the claim and the write overlap; the jobs still hold their locks until then).
+            self._units -= 1
+            self._wake()
             # Shielded, so a cancellation never loses a computed result; bounded, so a dead
             # store cannot hold the shutdown forever.
             deadline = anyio.current_time() + _WRITE_TIMEOUT
@@ -455,8 +461,7 @@ class Worker:
                 await self._record(unit, outcomes)
             for entry in unit.entries:
                 self._running.pop(entry.job.id, None)
-            self._units -= 1
-            self._wake()
+            self._wake()  # a shutdown waiting for running jobs sees this one gone
 
     async def _process(self, unit: _Unit) -> list[JobOutcome | None]:
         jobs = [entry.job for entry in unit.entries]

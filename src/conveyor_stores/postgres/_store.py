@@ -441,6 +441,11 @@ class _Listener:
         self._thread = threading.Thread(target=self._run, name="conveyor-pg-listen", daemon=True)
         self._thread.start()
 
+    @property
+    def ready(self) -> bool:
+        """Listening (or, after a failure, retrying)."""
+        return self._ready.is_set()
+
     def wait_ready(self, timeout: float) -> None:
         self._ready.wait(timeout)
 
@@ -936,6 +941,11 @@ class PgStore(StoreBase):
     ) -> list[JobData]:
         check_name(queue_name, "queue_name")
         duration, limit, fetch = check_fetch(worker_id, lock_duration, limit, opts)
+        listener = self._listener
+        if listener is not None and not listener.ready:
+            # A worker that subscribed a moment ago and finds nothing now must hear of the
+            # next job: claim once the LISTEN connection is up.
+            await anyio.to_thread.run_sync(listener.wait_ready, self._connect_timeout)
         if fetch.limiter is None and fetch.max_global_concurrency is None and not fetch.lifo:
             claimed = await self._claim_plain(queue_name, worker_id, duration, limit, fetch)
             if claimed is not None:
