@@ -88,13 +88,18 @@ async def test_newer_foreign_and_unmigrated_schemas_are_refused(
 
 
 async def test_urls_take_conveyor_options_out(pg_dsn: str, anyio_backend: str) -> None:
-    url = pg_dsn + ("&" if "?" in pg_dsn else "?") + f"schema=url_{anyio_backend}&listen=false"
-    store = store_from_url(url, max_connections=3)
+    options = f"schema=url_{anyio_backend}&listen=false&prepare=false"
+    url = pg_dsn + ("&" if "?" in pg_dsn else "?") + options
+    store = store_from_url(url, max_connections=1)
     assert isinstance(store, PgStore)
     assert store.schema == f"url_{anyio_backend}"
     async with store:
         await store.save_job(make_job(job_id="u"))
         assert await store.count_jobs("q", "waiting") == 1  # type: ignore[arg-type]
+        [job] = await store.fetch_next_jobs("q", "w", 30, 1)
+        assert await store.finish_jobs([JobOutcome.completed(job, None)]) == [True]
+        async with store._pool.connection() as conn:  # (for a pooler: nothing left prepared)
+            assert await conn.execute(b"SELECT count(*) FROM pg_prepared_statements") == [(0,)]
     assert isinstance(store_from_url(pg_dsn.replace("postgresql://", "postgres://")), PgStore)
 
 

@@ -172,3 +172,29 @@ class await_pool:
 
     async def __aexit__(self, *exc: object) -> None:
         self.pool.close()
+
+
+async def test_statements_are_prepared_once_per_set_of_parameter_types(
+    pg_dsn: str, anyio_backend: str
+) -> None:
+    conn = await PgConnection.connect(pg_dsn)
+    try:
+        query = b"SELECT $1::bigint * 2"
+        # A Python int goes as int2, int4 or int8 by its size: one preparation per type.
+        for value in (1, 70_000, 2**40, 3, 2**40 + 1):
+            assert await conn.execute(query, (value,)) == [(value * 2,)]
+        prepared = b"SELECT count(*) FROM pg_prepared_statements WHERE statement = $1"
+        assert await conn.execute(prepared, (query.decode(),)) == [(3,)]
+        # One that fails to prepare raises, is not remembered, and leaves the connection usable.
+        for _attempt in range(2):
+            with pytest.raises(psycopg.errors.UndefinedColumn):
+                await conn.pipeline([(b"SELECT 1", ()), (b"SELECT nope WHERE $1", (True,))])
+        assert not conn.broken
+        assert await conn.pipeline([(query, (5,)), (b"SELECT 2", ())]) == [[(10,)], [(2,)]]
+        # The same statement twice in one pipeline is prepared once.
+        assert await conn.pipeline([(b"SELECT $1::int", (7,)), (b"SELECT $1::int", (8,))]) == [
+            [(7,)],
+            [(8,)],
+        ]
+    finally:
+        conn.close()

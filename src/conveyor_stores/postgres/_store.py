@@ -506,6 +506,9 @@ class PgStore(StoreBase):
     :param max_connections: the most connections the store opens at once (default 10).
     :param listen: deliver other processes' events through ``LISTEN`` (default ``True``; set
         ``False`` behind a transaction-mode pooler such as PgBouncer's).
+    :param prepare: prepare each statement once per connection (default ``True``; set
+        ``False`` behind a transaction-mode pooler that does not keep prepared statements,
+        such as PgBouncer before 1.21 or without ``max_prepared_statements``).
     :param metrics_retention: how long per-minute metrics are kept (default 7 days).
     :param auto_migrate: create or upgrade the schema on :meth:`connect` (default ``True``).
     :param connect_timeout: seconds to wait for a new connection (default 10).
@@ -531,6 +534,7 @@ class PgStore(StoreBase):
         clock: Clock | None = None,
         max_connections: int = 10,
         listen: bool = True,
+        prepare: bool = True,
         metrics_retention: Duration = "7 days",
         auto_migrate: bool = True,
         connect_timeout: Duration = 10.0,
@@ -548,7 +552,11 @@ class PgStore(StoreBase):
         if clock is not None and not isinstance(clock, Clock):
             raise InvalidArgumentError("clock", "expected an object with a time() method")
         check_int(max_connections, "max_connections", minimum=1)
-        for flag, value in (("listen", listen), ("auto_migrate", auto_migrate)):
+        for flag, value in (
+            ("listen", listen),
+            ("prepare", prepare),
+            ("auto_migrate", auto_migrate),
+        ):
             if not isinstance(value, bool):
                 raise InvalidArgumentError(flag, "expected True or False")
         self._conninfo = conninfo
@@ -562,7 +570,10 @@ class PgStore(StoreBase):
         self._auto_migrate = auto_migrate
         self._connect_timeout = parse_duration(connect_timeout, "connect_timeout", allow_zero=False)
         self._pool = PgPool(
-            conninfo, max_size=max_connections, connect_timeout=self._connect_timeout
+            conninfo,
+            max_size=max_connections,
+            connect_timeout=self._connect_timeout,
+            prepare=prepare,
         )
         super().__init__(on_event_error=on_event_error)
         self._origin = uuid.uuid4().hex
@@ -577,15 +588,16 @@ class PgStore(StoreBase):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PgStore:
         """Build from ``postgresql://...`` or ``postgres://...``. The conveyor options among
-        the query parameters (``schema``, ``max_connections``, ``listen``, ``auto_migrate``,
-        ``metrics_retention``, ``connect_timeout``) are taken out; the rest go to libpq.
+        the query parameters (``schema``, ``max_connections``, ``listen``, ``prepare``,
+        ``auto_migrate``, ``metrics_retention``, ``connect_timeout``) are taken out; the rest go
+        to libpq.
         Keyword options win."""
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
             raise InvalidArgumentError("url", f"PgStore takes postgresql:// URLs, not {url!r}")
         query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
         ours = {"schema", "max_connections", "listen", "auto_migrate", "metrics_retention"}
-        ours.add("connect_timeout")
+        ours |= {"connect_timeout", "prepare"}
         taken: dict[str, Any] = {}
         rest = []
         for key, value in query:
@@ -593,7 +605,7 @@ class PgStore(StoreBase):
                 taken[key] = value
             else:
                 rest.append((key, value))
-        for flag in ("listen", "auto_migrate"):
+        for flag in ("listen", "prepare", "auto_migrate"):
             if flag in taken:
                 taken[flag] = str(taken[flag]).lower() in ("1", "true", "yes", "on")
         if "max_connections" in taken:

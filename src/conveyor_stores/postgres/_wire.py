@@ -311,12 +311,20 @@ class PgPool:
     one handed back inside a transaction is rolled back first (or dropped if that fails).
     """
 
-    def __init__(self, conninfo: str, *, max_size: int = 10, connect_timeout: float = 10.0):
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        max_size: int = 10,
+        connect_timeout: float = 10.0,
+        prepare: bool = True,
+    ):
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
         self.conninfo = conninfo
         self.max_size = max_size
         self.connect_timeout = connect_timeout
+        self.prepare = prepare
         self._idle: list[PgConnection] = []
         self._slots = anyio.Semaphore(max_size)
         self._open: set[PgConnection] = set()
@@ -339,7 +347,9 @@ class PgPool:
             if not conn.broken:
                 return conn
             self._open.discard(conn)
-        conn = await PgConnection.connect(self.conninfo, connect_timeout=self.connect_timeout)
+        conn = await PgConnection.connect(
+            self.conninfo, connect_timeout=self.connect_timeout, prepare=self.prepare
+        )
         self._open.add(conn)
         return conn
 
