@@ -241,6 +241,33 @@ def test_what_the_store_refuses_is_one_line_and_exit_status_1(tmp_path: Path) ->
     assert "does not exist" in line
 
 
+def test_commands_given_ids_check_every_id_first_and_name_the_job_refused(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/ids.db"
+    s = ("--store", url)
+    first, second = add_jobs(url, [("a", None), ("b", None)])
+    missing = conveyor("remove", "q", first, "nope", *s)  # looked up first: nothing removed
+    assert (missing.returncode, missing.stderr) == (1, "error: no job 'nope' in queue 'q'\n")
+    assert set(read_jobs(url)) == {first, second}
+    ok("cancel", "q", first, *s)  # waiting: it fails at once
+    refused = conveyor("retry", "q", first, second, *s)  # the second is waiting
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"error: job '{second}': only failed or completed jobs can be retried "
+        "(1 job was retried before it)\n"
+    )
+    assert read_jobs(url)[first].state is JobState.WAITING
+    assert ok_json("remove", "q", first, first, *s) == {"queue": "q", "removed": [first]}
+
+
+def test_migrate_says_when_a_store_has_no_schema() -> None:
+    assert ok("migrate", "--store", "memory://") == (
+        "memory://: this store has no schema; nothing to migrate\n"
+    )
+    assert ok_json("migrate", "--store", "memory://")["migrated"] is False
+
+
 # -- worker processes -----------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
@@ -38,6 +38,7 @@ from ._app import (
     CliError,
     cli,
     console,
+    describe,
     display_url,
     json_option,
     print_json,
@@ -72,6 +73,35 @@ async def _read_job(store: Store, queue: str, job_id: str) -> Job:
     if data is None:
         raise JobNotFoundError(queue, job_id)
     return Job(data, store)
+
+
+async def _each(
+    store: Store,
+    queue: str,
+    job_ids: tuple[str, ...],
+    done_verb: str,
+    action: Callable[[Job], Awaitable[object]],
+) -> list[Job]:
+    """Apply ``action`` to each job given by id, in order (an id given twice counts once).
+
+    Every id is looked up before anything changes, so a mistyped one changes nothing. A job
+    the store then refuses stops the command, with an error that names it and says how many
+    jobs before it were already ``done_verb`` (a past participle).
+    """
+    found = [await _read_job(store, queue, job_id) for job_id in dict.fromkeys(job_ids)]
+    for done, job in enumerate(found):
+        try:
+            await action(job)
+        except ConveyorError as exc:
+            described = describe(exc)
+            assert described is not None
+            message = described.message
+            if repr(job.id) not in message:
+                message = f"job {job.id!r}: {message}"
+            if done:
+                message += f" ({done} job{' was' if done == 1 else 's were'} {done_verb} before it)"
+            raise CliError(message, described.exit_code) from None
+    return found
 
 
 # -- stores, queues, jobs, job ------------------------------------------------------------------
@@ -533,10 +563,10 @@ def retry(
         async with open_store(store_url) as store:
             if not job_ids:
                 return await Queue(queue, store=store).retry_jobs(state)
-            for job_id in job_ids:
-                found = await _read_job(store, queue, job_id)
-                await found.retry(found.state)
-            return len(job_ids)
+            retried = await _each(
+                store, queue, job_ids, "retried", lambda job: job.retry(job.state)
+            )
+            return len(retried)
 
     retried = run(body)
     if as_json:
@@ -559,9 +589,7 @@ def promote(queue: str, job_ids: tuple[str, ...], store_url: str, as_json: bool)
         async with open_store(store_url) as store:
             if not job_ids:
                 return await Queue(queue, store=store).promote_jobs()
-            for job_id in job_ids:
-                await (await _read_job(store, queue, job_id)).promote()
-            return len(job_ids)
+            return len(await _each(store, queue, job_ids, "promoted", Job.promote))
 
     promoted = run(body)
     if as_json:
@@ -582,12 +610,7 @@ def cancel(queue: str, job_ids: tuple[str, ...], store_url: str, as_json: bool) 
 
     async def body() -> list[Job]:
         async with open_store(store_url) as store:
-            cancelled = []
-            for job_id in job_ids:
-                found = await _read_job(store, queue, job_id)
-                await found.cancel()
-                cancelled.append(found)
-            return cancelled
+            return await _each(store, queue, job_ids, "cancelled", Job.cancel)
 
     cancelled = run(body)
     if as_json:
@@ -607,16 +630,15 @@ def remove(queue: str, job_ids: tuple[str, ...], store_url: str, as_json: bool) 
 
     Active jobs cannot be removed."""
 
-    async def body() -> None:
+    async def body() -> list[Job]:
         async with open_store(store_url) as store:
-            for job_id in job_ids:
-                await (await _read_job(store, queue, job_id)).remove()
+            return await _each(store, queue, job_ids, "removed", Job.remove)
 
-    run(body)
+    removed = [found.id for found in run(body)]
     if as_json:
-        print_json({"queue": queue, "removed": list(job_ids)})
+        print_json({"queue": queue, "removed": removed})
     else:
-        console.print(f"removed {len(job_ids)} jobs from {queue!r}")
+        console.print(f"removed {len(removed)} jobs from {queue!r}")
 
 
 @cli.command()
@@ -648,13 +670,16 @@ def obliterate(queue: str, force: bool, yes: bool, store_url: str, as_json: bool
 def migrate(store_url: str, as_json: bool) -> None:
     """Create or upgrade the store's schema.
 
-    What a store opened with auto_migrate=false needs before use."""
+    What a store opened with auto_migrate=false needs before use (a store without a schema,
+    such as memory://, has nothing to migrate)."""
+    migrates = True
     try:
         store = store_from_url(store_url, auto_migrate=True)
     except ArgumentTypeError:
         raise
     except TypeError:  # a store without migrations (memory://) takes no such option
         store = store_from_url(store_url)
+        migrates = False
 
     async def body() -> None:
         async with store:
@@ -663,6 +688,8 @@ def migrate(store_url: str, as_json: bool) -> None:
     run(body)
     scheme = urllib.parse.urlsplit(store_url).scheme
     if as_json:
-        print_json({"store": display_url(store_url), "scheme": scheme, "migrated": True})
-    else:
+        print_json({"store": display_url(store_url), "scheme": scheme, "migrated": migrates})
+    elif migrates:
         console.print(f"{display_url(store_url)}: schema up to date")
+    else:
+        console.print(f"{display_url(store_url)}: this store has no schema; nothing to migrate")

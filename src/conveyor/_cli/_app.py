@@ -42,6 +42,7 @@ __all__ = [
     "backend_option",
     "cli",
     "console",
+    "describe",
     "display_url",
     "json_option",
     "main",
@@ -227,7 +228,7 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def _describe(exc: BaseException) -> CliError | None:
+def describe(exc: BaseException) -> CliError | None:
     """The error line and exit status for an error a user can cause; ``None`` for a bug."""
     if isinstance(exc, CliError):
         return exc
@@ -279,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
-        described = _describe(_leaf(exc))
+        described = describe(_leaf(exc))
         if described is None:
             raise
         fail(described)
