@@ -92,8 +92,13 @@ def load_processor(spec: str) -> Callable[..., Any]:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc)
+    text = _squeeze(str(exc))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _squeeze(text: str) -> str:
+    """``text`` on one line (a driver's message may span several)."""
+    return " ".join(text.split())
 
 
 _STYLES = {"completed": "green", "failed": "red", "retrying": "yellow", "stalled": "magenta"}
@@ -125,9 +130,9 @@ class _Status:
             self.running[job_id] = (name, now)
             self._log("started", job_id, name)
             return
-        if event.type == "error":
+        if event.type == "error":  # what the worker rides out: the one report of it
             self.errors += 1
-            message = str(event.data.get("message", ""))
+            message = _squeeze(str(event.data.get("message", "")))
             self.running.pop(job_id, None)
             click.echo(f"warning: {message}" + (f" (job {job_id})" if job_id else ""), err=True)
             return
@@ -236,17 +241,22 @@ class _Signals:
 
 
 class _LogHandler(logging.Handler):
-    """conveyor's log records on stderr, one line each (the trace with --verbose)."""
+    """conveyor's log records on stderr, one line each (the trace with --verbose).
+
+    The worker's own records (``conveyor.worker``) each come with an ``error`` event, which
+    :class:`_Status` prints: of those, only the trace is printed, with --verbose.
+    """
 
     def __init__(self, verbose: bool) -> None:
         super().__init__(logging.WARNING)
         self.verbose = verbose
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = f"{record.levelname.lower()}: {record.getMessage()}"
-        if record.exc_info and record.exc_info[1] is not None:
-            message += f": {_one_line(record.exc_info[1])}"
-        click.echo(message, err=True)
+        if record.name != "conveyor.worker":
+            message = f"{record.levelname.lower()}: {_squeeze(record.getMessage())}"
+            if record.exc_info and record.exc_info[1] is not None:
+                message += f": {_one_line(record.exc_info[1])}"
+            click.echo(message, err=True)
         if self.verbose and record.exc_info:
             click.echo(logging.Formatter().formatException(record.exc_info), err=True)
 
