@@ -34,7 +34,7 @@ import re
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -106,6 +106,8 @@ _STAMP = datetime(1, 1, 1, tzinfo=UTC)
 _STAMP_JSON = _ENCODER.encode(_STAMP.isoformat())
 _HEAD_ROOM = 80
 """Bytes a NOTIFY payload's head (origin, time) takes, with room to spare."""
+_INSERT_CHUNK = 250
+"""Jobs per INSERT statement of a bulk add."""
 _CLAIM_CACHE = 10_000
 """Claims remembered for completing them without a read (see ``_Claim``)."""
 
@@ -855,60 +857,57 @@ class PgStore(StoreBase):
 
     async def _insert(self, tx: _Tx, jobs: list[JobData], *, flow: bool) -> list[JobData]:
         out, fresh = await tx.plan_insert(jobs, flow=flow)
-        created = from_timestamp(tx.now)
-        columns: list[list[Any]] = [[] for _ in range(13)]
-        for job, seq in fresh:
-            values = (
-                job.queue_name,
-                job.id,
-                job.name,
-                job.state.value,
-                job.group_id or "",
-                job.opts.priority,
-                seq,
-                job.delay_until,
-                job.deduplication_key,
-                job.deduplication_until,
-                job.parent_queue_name,
-                job.parent_id,
-                record_json(job),
-            )
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
-        queues = {job.queue_name for job, _seq in fresh}
-        if not columns[0]:
+        if not fresh:
             return out
-        # A column that is all NULL goes as an empty array (unnest pads it with NULLs): most
-        # jobs have no delay, deduplication or parent, and each array costs its dumping.
-        for column in columns[7:12]:
-            if not any(value is not None for value in column):
-                column.clear()
+        created = from_timestamp(tx.now)
+        queues = sorted({job.queue_name for job, _seq in fresh})
+        insert = self._sql(
+            """INSERT INTO {jobs} (queue, id, name, state, lane, priority, seq, created_at,
+                delay_until, dedup_key, dedup_until, parent_queue, parent_id, record)
+            SELECT q, i, n, s, l, p, sq, ?::timestamptz, d, dk, du, pq, pi, r::json
+            FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::int[],
+                ?::bigint[], ?::timestamptz[], ?::text[], ?::timestamptz[], ?::text[], ?::text[],
+                ?::text[]) AS v(q, i, n, s, l, p, sq, d, dk, du, pq, pi, r)"""
+        )
+
+        def statements() -> Iterator[tuple[bytes, Sequence[Any]]]:
+            yield (
+                self._sql("UPDATE {queues} SET live = 1 WHERE name = ANY(?::text[]) AND live = 0"),
+                (queues,),
+            )
+            # In chunks, each sent as soon as it is made: the server inserts one while the
+            # next is being serialized.
+            for start in range(0, len(fresh), _INSERT_CHUNK):
+                columns: list[list[Any]] = [[] for _ in range(13)]
+                for job, seq in fresh[start : start + _INSERT_CHUNK]:
+                    values = (
+                        job.queue_name,
+                        job.id,
+                        job.name,
+                        job.state.value,
+                        job.group_id or "",
+                        job.opts.priority,
+                        seq,
+                        job.delay_until,
+                        job.deduplication_key,
+                        job.deduplication_until,
+                        job.parent_queue_name,
+                        job.parent_id,
+                        record_json(job),
+                    )
+                    for column, value in zip(columns, values, strict=True):
+                        column.append(value)
+                # A column that is all NULL goes as an empty array (unnest pads it with
+                # NULLs): most jobs have no delay, deduplication or parent.
+                for column in columns[7:12]:
+                    if not any(value is not None for value in column):
+                        column.clear()
+                yield (insert, (created, *columns))
+
         # A plain insert (ON CONFLICT costs a fifth more): an id already taken in its queue
         # fails it, and the whole call rolls back (see _add).
         try:
-            await tx.conn.pipeline(
-                [
-                    (
-                        self._sql(
-                            "UPDATE {queues} SET live = 1 WHERE name = ANY(?::text[]) AND live = 0"
-                        ),
-                        (sorted(queues),),
-                    ),
-                    (
-                        self._sql(
-                            """INSERT INTO {jobs} (queue, id, name, state, lane, priority, seq,
-                                created_at, delay_until, dedup_key, dedup_until, parent_queue,
-                                parent_id, record)
-                            SELECT q, i, n, s, l, p, sq, ?::timestamptz, d, dk, du, pq, pi, r::json
-                            FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[],
-                                ?::int[], ?::bigint[], ?::timestamptz[], ?::text[],
-                                ?::timestamptz[], ?::text[], ?::text[], ?::text[])
-                                AS v(q, i, n, s, l, p, sq, d, dk, du, pq, pi, r)"""
-                        ),
-                        (created, *columns),
-                    ),
-                ]
-            )
+            await tx.conn.pipeline(statements())
         except psycopg.errors.UniqueViolation as exc:
             raise _Taken from exc
         return out

@@ -26,7 +26,7 @@ reports ``broken``, and the pool drops it. PostgreSQL rolls back whatever transa
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -154,60 +154,82 @@ class PgConnection:
         [rows] = await self.pipeline([(query, params)])
         return rows
 
-    async def pipeline(self, statements: Sequence[tuple[bytes, Sequence[Any]]]) -> list[Rows]:
+    def _dump(
+        self,
+        query: bytes,
+        params: Sequence[Any],
+        pending: dict[tuple[bytes, tuple[int, ...]], bytes],
+    ) -> tuple[Any, Sequence[Any] | None, bytes | None, tuple[Any, bytes] | None]:
+        """A statement's parameters dumped, the name it runs under if prepared, and the
+        preparation to send first if it is new."""
+        tx = Transformer()
+        dumped = tx.dump_sequence(params, [PyFormat.BINARY] * len(params)) if params else None
+        name: bytes | None = None
+        prep = None
+        if self._prepare and not query.startswith(_UNPREPARED):
+            key = (query, tuple(tx.types or ()) if params else ())
+            name = self._prepared.get(key) or pending.get(key)
+            if name is None and len(self._prepared) < _PREPARED_LIMIT:
+                self._names += 1
+                name = pending[key] = b"conveyor_%d" % self._names
+                prep = (key, name)
+        return tx, dumped, name, prep
+
+    def _send(
+        self, query: bytes, tx: Any, dumped: Sequence[Any] | None, name: bytes | None, prep: Any
+    ) -> None:
+        pgconn = self.pgconn
+        types = tx.types if dumped is not None else None
+        formats = tx.formats if dumped is not None else None
+        if prep is not None:
+            pgconn.send_prepare(prep[1], query, param_types=types)
+        if name is not None:
+            pgconn.send_query_prepared(
+                name, dumped, param_formats=formats, result_format=pq.Format.BINARY
+            )
+        else:
+            pgconn.send_query_params(
+                query, dumped, param_types=types, param_formats=formats,
+                result_format=pq.Format.BINARY,
+            )  # fmt: skip
+
+    async def pipeline(self, statements: Iterable[tuple[bytes, Sequence[Any]]]) -> list[Rows]:
         """Run several statements in one round trip (libpq's pipeline mode); return the rows of
         each. They run in order; the first error stops the rest and is raised.
 
         Outside an explicit transaction they run as one implicit transaction (one ``Sync``):
-        all or nothing.
+        all or nothing. ``statements`` may be a generator: each statement is sent as soon as
+        it is made, so the server runs one while the next is being made (a large bulk add).
         """
         if self._busy:
             raise RuntimeError("a PgConnection runs one call at a time")
         self._busy = True
         pgconn = self.pgconn
         try:
-            sends: list[tuple[bytes, Any, Sequence[Any] | None, bytes | None]] = []
-            preparing: list[tuple[tuple[bytes, tuple[int, ...]], bytes] | None] = []
             pending: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
-            for query, params in statements:
-                tx = Transformer()
-                dumped = (
-                    tx.dump_sequence(params, [PyFormat.BINARY] * len(params)) if params else None
-                )
-                name: bytes | None = None
-                prep = None
-                if self._prepare and not query.startswith(_UNPREPARED):
-                    key = (query, tuple(tx.types or ()) if params else ())
-                    name = self._prepared.get(key) or pending.get(key)
-                    if name is None and len(self._prepared) < _PREPARED_LIMIT:
-                        self._names += 1
-                        name = pending[key] = b"conveyor_%d" % self._names
-                        prep = (key, name)
-                sends.append((query, tx, dumped, name))
-                preparing.append(prep)
-            single = len(statements) == 1 and preparing[0] is None
-            if not single:
-                pgconn.enter_pipeline_mode()
-            for (query, tx, dumped, name), prep in zip(sends, preparing, strict=True):
-                types = tx.types if dumped is not None else None
-                formats = tx.formats if dumped is not None else None
-                if prep is not None:
-                    pgconn.send_prepare(prep[1], query, param_types=types)
-                if name is not None:
-                    pgconn.send_query_prepared(
-                        name, dumped, param_formats=formats, result_format=pq.Format.BINARY
-                    )
-                else:
-                    pgconn.send_query_params(
-                        query,
-                        dumped,
-                        param_types=types,
-                        param_formats=formats,
-                        result_format=pq.Format.BINARY,
-                    )
+            sent: list[tuple[Any, tuple[Any, bytes] | None]] = []
+            first = None
+            single = False
+            if isinstance(statements, Sequence) and len(statements) == 1:
+                query, params = statements[0]
+                first = (query, *self._dump(query, params, pending))
+                single = first[4] is None
             if single:
+                assert first is not None
+                self._send(*first)
+                sent.append((first[1], None))
                 results = await self._drive(generators.execute(pgconn))
             else:
+                pgconn.enter_pipeline_mode()
+                stream = (
+                    [first]
+                    if first is not None
+                    else ((q, *self._dump(q, p, pending)) for q, p in statements)
+                )
+                for query, tx, dumped, name, prep in stream:
+                    self._send(query, tx, dumped, name, prep)
+                    sent.append((tx, prep))
+                    pgconn.flush()  # under way while the next statement is made
                 pgconn.pipeline_sync()
                 results = await self._pipeline_results()
                 pgconn.exit_pipeline_mode()
@@ -217,7 +239,7 @@ class PgConnection:
             error: psycopg.Error | None = None
             statement_results: list[pq.abc.PGresult] = []
             position = 0
-            for prep in preparing:
+            for _tx, prep in sent:
                 if prep is not None and position < len(results):
                     result = results[position]
                     position += 1
@@ -229,7 +251,7 @@ class PgConnection:
                     statement_results.append(results[position])
                     position += 1
             out: list[Rows] = []
-            for (_query, tx, _dumped, _name), result in zip(sends, statement_results, strict=False):
+            for (tx, _prep), result in zip(sent, statement_results, strict=False):
                 if result.status == _FATAL:
                     error = error or psycopg.errors.error_from_result(
                         result, encoding=self._encoding
