@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import attrs
 import psycopg
 import pytest
 from psycopg import sql
@@ -203,3 +204,38 @@ async def test_claims_and_completions_side_by_side_run_each_job_once(
         counts = await a.get_job_counts("q")
         assert counts[JobState.COMPLETED] == plain + grouped + flaky
         assert (await a.get_metrics("q", MetricKind.COMPLETED)).total == plain + grouped + flaky
+
+
+async def test_a_completion_written_without_a_read_equals_the_general_one(
+    pg_dsn: str, anyio_backend: str
+) -> None:
+    """The side-by-side completion patches the record as claimed; the general path reads the
+    job and saves it. Both must store the same job (progress aside)."""
+    data = {"f": 1e300, "tiny": 5e-324, "big": 2**70, "text": 'ü "q" \\ 0001-01-01T00:00:00'}
+    async with PgStore(pg_dsn, schema=f"paths_{anyio_backend}") as store:
+        await store.truncate_all()
+        await store.save_bulk([make_job(job_id=job_id, data=data) for job_id in ("a", "b")])
+        first = await store.fetch_next_jobs("q", "w", 30, 2)
+        retried = [JobOutcome.retry(job, "once more") for job in first]
+        assert await store.finish_jobs(retried) == [True, True]
+        second = {job.id: job for job in await store.fetch_next_jobs("q", "w", 30, 2)}
+        assert await store.update_job("q", "b", {"progress": 50})  # b's row written since
+        outcomes = [JobOutcome.completed(second[job_id], {"r": [1.5, None]}) for job_id in "ab"]
+        assert await store.finish_jobs(outcomes) == [True, True]
+        a, b = await store.get_job("q", "a"), await store.get_job("q", "b")
+        assert a is not None
+        assert b is not None
+        for job in (a, b):
+            assert job.state is JobState.COMPLETED
+            assert job.attempts_made == 2
+            assert [log.outcome for log in job.attempt_logs] == ["retry", "completed"]
+            assert job.attempt_logs[-1].finished_at == job.completed_at
+            assert job.attempt_logs[-1].worker_id == "w"
+            assert job.returnvalue == {"r": [1.5, None]}
+            assert job.data == data
+            assert job.lock_token is None
+        assert attrs.evolve(b, id="a", progress=0, completed_at=a.completed_at) == attrs.evolve(
+            a,
+            attempt_logs=[*a.attempt_logs[:-1], b.attempt_logs[-1]],
+            attempts_made=a.attempts_made,
+        )

@@ -75,7 +75,7 @@ from conveyor.store import (
     parse_duration,
     structure,
 )
-from conveyor.store._base import Lifecycle, StoreBase, add_attempt
+from conveyor.store._base import Lifecycle, StoreBase
 from conveyor.store._validate import (
     check_event,
     check_fetch,
@@ -103,7 +103,8 @@ _NOTIFY_LIMIT = 7_900
 _PLACEHOLDER = re.compile(r"\?")
 _STAMP = datetime(1, 1, 1, tzinfo=UTC)
 """A stand-in for the server's time in a record made before the statement that writes it."""
-_STAMP_JSON = _ENCODER.encode(_STAMP.isoformat())
+_STAMP_ISO = _STAMP.isoformat()
+_STAMP_JSON = _ENCODER.encode(_STAMP_ISO)
 _HEAD_ROOM = 80
 """Bytes a NOTIFY payload's head (origin, time) takes, with room to spare."""
 _INSERT_CHUNK = 250
@@ -1264,16 +1265,27 @@ class PgStore(StoreBase):
         tokens: list[str] = []
         parts: tuple[list[str], list[str], list[str]] = ([], [], [])
         items: list[str] = []
-        jobs: dict[int, tuple[int, JobData]] = {}
+        jobs: dict[int, tuple[int, JobOutcome]] = {}
         for i, outcome, claim in quick:
-            job = structure(claim.record, JobData)
-            job.locked_by = claim.worker_id
-            job.processed_at = claim.processed_at
-            add_attempt(job, _STAMP, OutcomeKind.COMPLETED.value, None, count=True)
-            job.state = JobState.COMPLETED
-            job.returnvalue = outcome.returnvalue
-            job.completed_at = _STAMP
-            pieces = record_json(job).split(_STAMP_JSON)
+            # The record as claimed, changed as a completion changes it (see JobTx.finish),
+            # in its JSON form: reading it into a JobData and back would cost twice as much.
+            record = dict(claim.record)
+            made = int(record.get("attempts_made", 0)) + 1
+            record["attempts_made"] = made
+            attempt = {
+                "attempt": made,
+                "worker_id": claim.worker_id,
+                "started_at": claim.processed_at.astimezone(UTC).isoformat(),
+                "finished_at": _STAMP_ISO,
+                "outcome": OutcomeKind.COMPLETED.value,
+            }
+            record["attempt_logs"] = [*record.get("attempt_logs", ()), attempt]
+            if outcome.returnvalue is None:
+                record.pop("returnvalue", None)
+            else:
+                record["returnvalue"] = outcome.returnvalue
+            record["completed_at"] = _STAMP_ISO
+            pieces = _ENCODER.encode(record).split(_STAMP_JSON)
             if len(pieces) != 3:
                 continue  # the stamp's text is in the job's own data: the general path
             for column, piece in zip(parts, pieces, strict=True):
@@ -1291,7 +1303,7 @@ class PgStore(StoreBase):
                     )
                 )
             )
-            jobs[claim.pk] = (i, job)
+            jobs[claim.pk] = (i, outcome)
         if not pks:
             return []
         self._check_connected()
@@ -1354,13 +1366,15 @@ class PgStore(StoreBase):
         local = bool(self._subscribers)
         events: list[StoreEvent] = []
         for pk, _t in rows:
-            i, job = jobs[pk]
+            i, outcome = jobs[pk]
             completed.append(i)
             if local:
-                data = {"prev": JobState.ACTIVE.value, "returnvalue": copy_json(job.returnvalue)}
+                value = copy_json(outcome.returnvalue)
+                data = {"prev": JobState.ACTIVE.value, "returnvalue": value}
+                at = from_timestamp(now)
                 events.append(
                     StoreEvent(
-                        JobState.COMPLETED.value, job.queue_name, job.id, data, from_timestamp(now)
+                        JobState.COMPLETED.value, outcome.queue_name, outcome.job_id, data, at
                     )
                 )
         if events:
