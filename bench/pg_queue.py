@@ -83,6 +83,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import psycopg
+from _common import CHUNK, fill, latencies, noop, percentile, rate
 from anyio.streams.buffered import BufferedByteReceiveStream
 from psycopg import sql
 
@@ -90,7 +91,6 @@ import conveyor
 from conveyor import Job, JobState, Queue, StoreEvent, open_worker
 from conveyor_stores.postgres import PgStore
 
-CHUNK = 1_000
 STALL = 30.0
 """Seconds without progress after which a drain or a pickup gives up."""
 PROCRASTINATE_POOL = {"min_size": 10, "max_size": 10}
@@ -120,11 +120,6 @@ OUTPUT: list[str] = []
 def say(text: str = "") -> None:
     print(text, flush=True)
     OUTPUT.append(text)
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(len(ordered) * share), len(ordered) - 1)]
 
 
 def expect(what: str, got: object, want: object) -> None:
@@ -198,10 +193,6 @@ async def watch(
 # -- conveyor ---------------------------------------------------------------------------------
 
 
-async def noop(job: Job) -> None:
-    return None
-
-
 async def conveyor_waiting(store: PgStore, count: int) -> None:
     counts = await store.get_job_counts("bench")
     expect("conveyor: waiting jobs after the enqueue", counts[JobState.WAITING], count)
@@ -218,18 +209,11 @@ async def conveyor_single(dsn: str, count: int) -> float:
     return count / elapsed
 
 
-async def conveyor_fill(queue: Queue, count: int) -> None:
-    for start in range(0, count, CHUNK):
-        await queue.add_bulk(
-            [("noop", {"n": i}, {}) for i in range(start, min(start + CHUNK, count))]
-        )
-
-
 async def conveyor_bulk(dsn: str, count: int) -> float:
     async with PgStore(dsn) as store:
         queue = Queue("bench", store=store)
         started = time.perf_counter()
-        await conveyor_fill(queue, count)
+        await fill(queue, count)
         elapsed = time.perf_counter() - started
         await conveyor_waiting(store, count)
     return count / elapsed
@@ -237,7 +221,7 @@ async def conveyor_bulk(dsn: str, count: int) -> float:
 
 async def conveyor_drain(dsn: str, count: int, concurrency: int) -> float:
     async with PgStore(dsn) as store:
-        await conveyor_fill(Queue("bench", store=store), count)
+        await fill(Queue("bench", store=store), count)
         analyze(dsn)
         done = anyio.Event()
         completed = 0
@@ -703,16 +687,6 @@ async def pickup(
 # -- report -----------------------------------------------------------------------------------
 
 
-def rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
-
-
-def shown(values: list[float] | None) -> str:
-    if not values:
-        return "n/a"
-    return f"{percentile(values, 0.5) * 1e3:.2f} / {percentile(values, 0.95) * 1e3:.2f}"
-
-
 def check(what: str, ok: bool) -> None:
     say(f"  {what:<60}{'met' if ok else 'NOT met'}")
 
@@ -727,7 +701,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
         (f"drain {args.jobs:,}, c100 / raw (d) (jobs/s)", lambda r: rate(r.get("drain100"))),
         ("drain, raw (a) 1 job per claim (jobs/s)", lambda r: rate(r.get("drain_a"))),
         ("drain, raw (b) 10 jobs per claim (jobs/s)", lambda r: rate(r.get("drain_b"))),
-        (f"pickup p50 / p95, {args.samples} (ms)", lambda r: shown(r.get("pickup"))),
+        (f"pickup p50 / p95, {args.samples} (ms)", lambda r: latencies(r.get("pickup"))),
     ]
     say()
     say(f"{'':<44}" + "".join(f"{TITLES[c]:>{width}}" for c in columns))

@@ -51,13 +51,13 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+from _common import CHUNK, fill, latencies, noop, rate
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conveyor import Job, Queue, StoreEvent, open_worker
 from conveyor_stores.sqlite import SqliteStore
 
-CHUNK = 1_000
 HUEY_POLL = {"initial_delay": 0.001, "backoff": 1.0, "max_delay": 0.001}
 """huey's consumer polling when the queue looks empty (its defaults: 0.1 s, x1.15, up to 10 s)."""
 TARGET_DRAIN = 5_000
@@ -71,16 +71,7 @@ def fresh_file(folder: str | None, name: str = "bench.db") -> Iterator[str]:
         yield os.path.join(tmp, name)
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(len(ordered) * share), len(ordered) - 1)]
-
-
 # -- conveyor ---------------------------------------------------------------------------------
-
-
-async def noop(job: Job) -> None:
-    return None
 
 
 async def conveyor_single(path: str, count: int) -> float:
@@ -92,24 +83,17 @@ async def conveyor_single(path: str, count: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-async def conveyor_fill(queue: Queue, count: int) -> None:
-    for start in range(0, count, CHUNK):
-        await queue.add_bulk(
-            [("noop", {"n": i}, {}) for i in range(start, min(start + CHUNK, count))]
-        )
-
-
 async def conveyor_bulk(path: str, count: int) -> float:
     async with SqliteStore(path) as store:
         queue = Queue("bench", store=store)
         started = time.perf_counter()
-        await conveyor_fill(queue, count)
+        await fill(queue, count)
         return count / (time.perf_counter() - started)
 
 
 async def conveyor_drain(path: str, count: int) -> float:
     async with SqliteStore(path) as store:
-        await conveyor_fill(Queue("bench", store=store), count)
+        await fill(Queue("bench", store=store), count)
         done = anyio.Event()
         completed = 0
 
@@ -361,16 +345,6 @@ def raw_drain(path: str, count: int, batch: int) -> float:
 # -- report -----------------------------------------------------------------------------------
 
 
-def rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
-
-
-def pickup(values: list[float] | None) -> str:
-    if not values:
-        return "n/a"
-    return f"{percentile(values, 0.5) * 1e3:.2f} / {percentile(values, 0.95) * 1e3:.2f}"
-
-
 def check(what: str, ok: bool) -> None:
     print(f"  {what:<56}{'met' if ok else 'NOT met'}")
 
@@ -383,7 +357,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
         (f"bulk enqueue, {args.jobs:,} by 1,000 (jobs/s)", lambda r: rate(r.get("bulk"))),
         (f"drain {args.jobs:,}, c10 / raw (a) (jobs/s)", lambda r: rate(r.get("drain"))),
         ("drain, raw (b) 10 jobs per tx (jobs/s)", lambda r: rate(r.get("drain10"))),
-        (f"pickup p50 / p95, {args.samples} (ms)", lambda r: pickup(r.get("pickup"))),
+        (f"pickup p50 / p95, {args.samples} (ms)", lambda r: latencies(r.get("pickup"))),
     ]
     print()
     print(f"{'':<42}" + "".join(f"{c:>{width}}" for c in columns))
