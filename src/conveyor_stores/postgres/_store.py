@@ -584,6 +584,9 @@ class PgStore(StoreBase):
         self._listener: _Listener | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._write_lock = f"conveyor-write:{schema}"
+        self._grouped: set[str] = set()
+        """Queues whose last claim found jobs of groups waiting: their claims go straight to
+        the locked path (which takes them off this set when no group has jobs waiting)."""
         self._claimed: dict[str, _Claim] = {}
         """Jobs this store claimed, by lock token: a completion of one whose row has not been
         written since needs no read (see ``_complete_claimed``)."""
@@ -997,10 +1000,12 @@ class PgStore(StoreBase):
             # A worker that subscribed a moment ago and finds nothing now must hear of the
             # next job: claim once the LISTEN connection is up.
             await anyio.to_thread.run_sync(listener.wait_ready, self._connect_timeout)
-        if fetch.limiter is None and fetch.max_global_concurrency is None and not fetch.lifo:
+        plain = fetch.limiter is None and fetch.max_global_concurrency is None and not fetch.lifo
+        if plain and queue_name not in self._grouped:
             claimed = await self._claim_plain(queue_name, worker_id, duration, limit, fetch)
             if claimed is not None:
                 return claimed
+            self._grouped.add(queue_name)  # the locked claim says when groups are gone
         return await self._write(
             lambda tx: self._claim(tx, queue_name, worker_id, duration, limit, fetch)
         )
@@ -1121,6 +1126,8 @@ class PgStore(StoreBase):
                 (self._sql("SELECT name FROM {paused} WHERE queue = ?"), (queue,)),
             ]
         )
+        if all(lane == "" for lane, _served, _active in lanes):
+            self._grouped.discard(queue)  # the next claim may take the side-by-side path
         if not lanes:
             return []
         paused = {row[0] for row in paused_rows}
