@@ -860,18 +860,27 @@ class PgStore(StoreBase):
         raise StoreError("adding jobs failed on a duplicate id that is gone now; try again")
 
     async def _insert(self, tx: _Tx, jobs: list[JobData], *, flow: bool) -> list[JobData]:
+        before = len(tx.rows)
         out, fresh = await tx.plan_insert(jobs, flow=flow)
         if not fresh:
             return out
+        # The new jobs' events are sent by the statements that insert them (the server makes
+        # them, on its own core, instead of this process encoding each one).
+        del tx.rows[before:]
+        head = f'{{"o":{_ENCODER.encode(self._origin)},"at":{tx.now!r},"e":['
         created = from_timestamp(tx.now)
         queues = sorted({job.queue_name for job, _seq in fresh})
         insert = self._sql(
-            """INSERT INTO {jobs} (queue, id, name, state, lane, priority, seq, created_at,
-                delay_until, dedup_key, dedup_until, parent_queue, parent_id, record)
-            SELECT q, i, n, s, l, p, sq, ?::timestamptz, d, dk, du, pq, pi, r::json
-            FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::int[],
-                ?::bigint[], ?::timestamptz[], ?::text[], ?::timestamptz[], ?::text[], ?::text[],
-                ?::text[]) AS v(q, i, n, s, l, p, sq, d, dk, du, pq, pi, r)"""
+            """WITH added AS (
+                INSERT INTO {jobs} (queue, id, name, state, lane, priority, seq, created_at,
+                    delay_until, dedup_key, dedup_until, parent_queue, parent_id, record)
+                SELECT q, i, n, s, l, p, sq, ?::timestamptz, d, dk, du, pq, pi, r::json
+                FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::int[],
+                    ?::bigint[], ?::timestamptz[], ?::text[], ?::timestamptz[], ?::text[],
+                    ?::text[], ?::text[]) AS v(q, i, n, s, l, p, sq, d, dk, du, pq, pi, r)
+                RETURNING queue, state, id)
+            SELECT {notify_fn}(?, ?, array_agg(json_build_array(queue, state, id,
+                json_build_object('prev', NULL))::text)) FROM added"""
         )
 
         def statements() -> Iterator[tuple[bytes, Sequence[Any]]]:
@@ -906,7 +915,7 @@ class PgStore(StoreBase):
                 for column in columns[7:12]:
                     if not any(value is not None for value in column):
                         column.clear()
-                yield (insert, (created, *columns))
+                yield (insert, (created, *columns, self._channel, head))
 
         # A plain insert (ON CONFLICT costs a fifth more): an id already taken in its queue
         # fails it, and the whole call rolls back (see _add).
