@@ -1043,14 +1043,16 @@ class PgStore(StoreBase):
                     AND NOT EXISTS (SELECT 1 FROM {{lanes}} AS l
                         WHERE l.queue = ? AND l.waiting > 0)
                 ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED),
+            chosen AS MATERIALIZED (
+                SELECT ARRAY(SELECT pk FROM picked ORDER BY priority, seq) AS pks),
             claimed AS (
                 UPDATE {{jobs}} AS j SET state = 'active', seq = nextval({{seq_name}}),
                     processed_at = to_timestamp(clock.t), lock_until = to_timestamp(clock.t + ?),
                     locked_by = ?, lock_token = ? || ':' || j.pk || '.' || (j.version + 1),
                     version = j.version + 1
-                FROM picked, clock WHERE j.pk = picked.pk
-                RETURNING picked.priority, picked.seq AS waited, j.pk, j.version, j.id, j.record,
-                    j.processed_at, j.lock_until, j.lock_token),
+                FROM chosen, clock WHERE j.pk = ANY(chosen.pks)
+                RETURNING array_position(chosen.pks, j.pk) AS place, j.pk, j.version, j.id,
+                    j.record, j.processed_at, j.lock_until, j.lock_token),
             ticked AS (
                 UPDATE {{queues}} AS q SET tick = q.tick + n.c, plain_served = q.tick + n.c
                 FROM (SELECT count(*) AS c FROM claimed) AS n WHERE q.name = ? AND n.c > 0),
@@ -1059,7 +1061,7 @@ class PgStore(StoreBase):
                     array_agg(json_build_array(?::text, 'active', c.id,
                         json_build_object('prev', 'waiting'))::text)) AS sent
                 FROM claimed AS c, clock GROUP BY clock.t)
-            SELECT c.priority, c.waited, c.pk, c.version, c.record, c.processed_at, c.lock_until,
+            SELECT c.place, c.pk, c.version, c.record, c.processed_at, c.lock_until,
                 c.lock_token, clock.t
             FROM claimed AS c CROSS JOIN clock LEFT JOIN told ON told.sent >= 0"""
         )
@@ -1076,13 +1078,13 @@ class PgStore(StoreBase):
             raise StoreError(f"PostgreSQL error ({self._where()}): {exc}") from exc
         if not rows:
             return None if grouped else []
-        rows.sort(key=lambda row: (row[0], row[1]))  # claim order
+        rows.sort(key=lambda row: row[0])  # claim order
         at = from_timestamp(float(rows[0][-1]))
         local = bool(self._subscribers)
         events: list[StoreEvent] = []
         claimed: list[JobData] = []
         remember: list[tuple[str, _Claim]] = []
-        for _priority, _waited, pk, version, record, processed, lock_until, token, _t in rows:
+        for _place, pk, version, record, processed, lock_until, token, _t in rows:
             job = structure(record, JobData)
             job.state = JobState.ACTIVE
             job.processed_at = processed
