@@ -1045,12 +1045,16 @@ class PgStore(StoreBase):
                 ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED),
             chosen AS MATERIALIZED (
                 SELECT ARRAY(SELECT pk FROM picked ORDER BY priority, seq) AS pks),
+            numbers AS MATERIALIZED (
+                SELECT ARRAY(SELECT nextval({{seq_name}})
+                    FROM generate_series(1, cardinality(chosen.pks))) AS seqs FROM chosen),
             claimed AS (
-                UPDATE {{jobs}} AS j SET state = 'active', seq = nextval({{seq_name}}),
+                UPDATE {{jobs}} AS j SET state = 'active',
+                    seq = numbers.seqs[array_position(chosen.pks, j.pk)],
                     processed_at = to_timestamp(clock.t), lock_until = to_timestamp(clock.t + ?),
                     locked_by = ?, lock_token = ? || ':' || j.pk || '.' || (j.version + 1),
                     version = j.version + 1
-                FROM chosen, clock WHERE j.pk = ANY(chosen.pks)
+                FROM chosen, numbers, clock WHERE j.pk = ANY(chosen.pks)
                 RETURNING array_position(chosen.pks, j.pk) AS place, j.pk, j.version, j.id,
                     j.record, j.processed_at, j.lock_until, j.lock_token),
             ticked AS (
