@@ -54,6 +54,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 _queue_argument = click.argument("queue", metavar="QUEUE")
 
 
+def _report(as_json: bool, shape: dict[str, Any], text: str) -> None:
+    """What a command that changes things did: ``shape`` as JSON, or ``text`` for a person."""
+    if as_json:
+        print_json(shape)
+    else:
+        console.print(text)
+
+
 def _confirm(question: str, yes: bool) -> None:
     """Ask before a destructive command, unless ``--yes``."""
     if yes:
@@ -489,10 +497,11 @@ def drain(queue: str, yes: bool, store_url: str, as_json: bool) -> None:
             return await Queue(queue, store=store).drain()
 
     removed = run(body)
-    if as_json:
-        print_json({"queue": queue, "removed": removed})
-    else:
-        console.print(f"removed {removed} waiting and delayed jobs from {queue!r}")
+    _report(
+        as_json,
+        {"queue": queue, "removed": removed},
+        f"removed {removed} waiting and delayed jobs from {queue!r}",
+    )
 
 
 @cli.command()
@@ -534,10 +543,11 @@ def clean(
             return await Queue(queue, store=store).clean(state, grace, limit)
 
     removed = run(body)
-    if as_json:
-        print_json({"queue": queue, "state": state.value, "removed": removed})
-    else:
-        console.print(f"removed {removed} {state.value} jobs from {queue!r}")
+    _report(
+        as_json,
+        {"queue": queue, "state": state.value, "removed": removed},
+        f"removed {removed} {state.value} jobs from {queue!r}",
+    )
 
 
 @cli.command()
@@ -569,10 +579,11 @@ def retry(
             return len(retried)
 
     retried = run(body)
-    if as_json:
-        print_json({"queue": queue, "retried": retried})
-    else:
-        console.print(f"sent {retried} jobs of {queue!r} back to waiting")
+    _report(
+        as_json,
+        {"queue": queue, "retried": retried},
+        f"sent {retried} jobs of {queue!r} back to waiting",
+    )
 
 
 @cli.command()
@@ -592,10 +603,11 @@ def promote(queue: str, job_ids: tuple[str, ...], store_url: str, as_json: bool)
             return len(await _each(store, queue, job_ids, "promoted", Job.promote))
 
     promoted = run(body)
-    if as_json:
-        print_json({"queue": queue, "promoted": promoted})
-    else:
-        console.print(f"promoted {promoted} delayed jobs of {queue!r} to waiting")
+    _report(
+        as_json,
+        {"queue": queue, "promoted": promoted},
+        f"promoted {promoted} delayed jobs of {queue!r} to waiting",
+    )
 
 
 @cli.command()
@@ -635,10 +647,9 @@ def remove(queue: str, job_ids: tuple[str, ...], store_url: str, as_json: bool) 
             return await _each(store, queue, job_ids, "removed", Job.remove)
 
     removed = [found.id for found in run(body)]
-    if as_json:
-        print_json({"queue": queue, "removed": removed})
-    else:
-        console.print(f"removed {len(removed)} jobs from {queue!r}")
+    _report(
+        as_json, {"queue": queue, "removed": removed}, f"removed {len(removed)} jobs from {queue!r}"
+    )
 
 
 @cli.command()
@@ -658,10 +669,7 @@ def obliterate(queue: str, force: bool, yes: bool, store_url: str, as_json: bool
             await Queue(queue, store=store).obliterate(force=force)
 
     run(body)
-    if as_json:
-        print_json({"queue": queue, "obliterated": True})
-    else:
-        console.print(f"obliterated queue {queue!r}")
+    _report(as_json, {"queue": queue, "obliterated": True}, f"obliterated queue {queue!r}")
 
 
 @cli.command()
