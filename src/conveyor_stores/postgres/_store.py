@@ -1335,14 +1335,12 @@ class PgStore(StoreBase):
                 # statement (the data-changing parts of one statement run in no set order):
                 # the order every writer of this store locks them in, so none waits for
                 # another in a cycle. One implicit transaction, one round trip.
-                finished = """SELECT queue,
-                        floor(extract(epoch FROM finished_at) / 60)::bigint AS m, count(*) AS n
-                    FROM {jobs} WHERE pk = ANY(?::bigint[]) AND state = 'completed'
-                        AND version = ANY(?::bigint[]) AND lock_token IS NULL
-                        AND (pk, version) IN (SELECT * FROM unnest(?::bigint[], ?::bigint[]))
-                    GROUP BY 1, 2"""
-                done_versions = [version + 1 for version in versions]
-                counted = (pks, done_versions, pks, done_versions)
+                # The first statement leaves what it completed, per queue and minute, in a
+                # transaction-local setting that the other three read.
+                tally = (
+                    "json_array_elements(coalesce(nullif("
+                    "current_setting('conveyor.completed', true), ''), '[]')::json)"
+                )
                 rows, _totals, _added, _pruned = await conn.pipeline(
                     [
                         (
@@ -1366,13 +1364,21 @@ class PgStore(StoreBase):
                                         version = j.version + 1
                                     FROM v, stamp WHERE j.pk = v.pk AND j.version = v.version
                                         AND j.lock_token = v.token AND j.state = 'active'
-                                    RETURNING j.pk, v.item),
+                                    RETURNING j.pk, j.queue, v.item),
                                 told AS (
                                     SELECT {notify_fn}(?, '{{"o":"' || ? || '","at":' || stamp.t
                                         || ',"e":[', array_agg(d.item)) AS sent
-                                    FROM done AS d, stamp GROUP BY stamp.t)
+                                    FROM done AS d, stamp GROUP BY stamp.t),
+                                tallied AS (
+                                    SELECT set_config('conveyor.completed', json_agg(
+                                        json_build_array(c.queue, c.minute, c.n))::text, true)
+                                        AS tally
+                                    FROM (SELECT d.queue, floor(stamp.t / 60)::bigint AS minute,
+                                        count(*) AS n FROM done AS d, stamp
+                                        GROUP BY 1, 2) AS c)
                                 SELECT d.pk, stamp.t FROM done AS d CROSS JOIN stamp
-                                    LEFT JOIN told ON told.sent >= 0"""
+                                    LEFT JOIN told ON told.sent >= 0
+                                    LEFT JOIN tallied ON tallied.tally IS NOT NULL"""
                             ),
                             (
                                 None if self._clock is None else self._clock.time(),
@@ -1388,30 +1394,29 @@ class PgStore(StoreBase):
                         (
                             self._sql(
                                 f"""UPDATE {{queues}} AS q SET completed = q.completed + c.n
-                                FROM (SELECT queue, sum(n) AS n FROM ({finished}) AS f
-                                    GROUP BY queue) AS c
+                                FROM (SELECT e->>0 AS queue, sum((e->>2)::bigint) AS n
+                                    FROM {tally} AS e GROUP BY 1) AS c
                                 WHERE q.name = c.queue"""
                             ),
-                            counted,
+                            (),
                         ),
                         (
                             self._sql(
                                 f"""INSERT INTO {{metrics}} AS m (queue, kind, minute, count)
-                                SELECT queue, 'completed', m, n FROM ({finished}) AS f
+                                SELECT e->>0, 'completed', (e->>1)::bigint, (e->>2)::bigint
+                                FROM {tally} AS e
                                 ON CONFLICT (queue, kind, minute)
                                 DO UPDATE SET count = m.count + excluded.count"""
                             ),
-                            counted,
+                            (),
                         ),
                         (
                             self._sql(
-                                f"""DELETE FROM {{metrics}} AS m USING (
-                                    SELECT queue, max(m) AS newest FROM ({finished}) AS f
-                                    GROUP BY queue) AS f
-                                WHERE m.kind = 'completed' AND m.queue = f.queue
-                                    AND m.minute < f.newest - ?"""
+                                f"""DELETE FROM {{metrics}} AS m USING {tally} AS e
+                                WHERE m.kind = 'completed' AND m.queue = e->>0
+                                    AND m.minute < (e->>1)::bigint - ?"""
                             ),
-                            (*counted, self._metrics_minutes),
+                            (self._metrics_minutes,),
                         ),
                     ]
                 )
