@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from conveyor import Job, Queue
+import time
+
+import anyio
+
+from conveyor import Job, Queue, Store, StoreEvent, open_worker
 
 CHUNK = 1_000
 """Jobs per bulk add (``queue.add_bulk``) when a benchmark fills its queue."""
@@ -19,6 +23,32 @@ async def fill(queue: Queue, count: int) -> None:
         await queue.add_bulk(
             [("noop", {"n": i}, {}) for i in range(start, min(start + CHUNK, count))]
         )
+
+
+async def drain(store: Store, count: int, concurrency: int, stall: float = 30.0) -> float:
+    """Seconds a worker at ``concurrency`` takes to complete the ``count`` jobs of queue
+    ``bench``, from its start to the last ``completed`` event; fail when none completes for
+    ``stall`` seconds."""
+    done = anyio.Event()
+    completed = 0
+
+    def on_completed(event: StoreEvent) -> None:
+        nonlocal completed
+        completed += 1
+        if completed == count:
+            done.set()
+
+    started = time.perf_counter()
+    async with open_worker("bench", noop, store=store, concurrency=concurrency) as worker:
+        worker.events.on("completed", on_completed)
+        seen = -1
+        while not done.is_set():
+            if completed == seen:
+                raise RuntimeError(f"conveyor: {completed} of {count} jobs done, then none")
+            seen = completed
+            with anyio.move_on_after(stall):
+                await done.wait()
+        return time.perf_counter() - started
 
 
 def percentile(values: list[float], share: float) -> float:

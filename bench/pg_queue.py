@@ -83,12 +83,12 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import psycopg
-from _common import CHUNK, fill, latencies, noop, percentile, rate
+from _common import CHUNK, drain, fill, latencies, percentile, rate
 from anyio.streams.buffered import BufferedByteReceiveStream
 from psycopg import sql
 
 import conveyor
-from conveyor import Job, JobState, Queue, StoreEvent, open_worker
+from conveyor import Job, JobState, Queue, open_worker
 from conveyor_stores.postgres import PgStore
 
 STALL = 30.0
@@ -223,26 +223,7 @@ async def conveyor_drain(dsn: str, count: int, concurrency: int) -> float:
     async with PgStore(dsn) as store:
         await fill(Queue("bench", store=store), count)
         analyze(dsn)
-        done = anyio.Event()
-        completed = 0
-
-        def on_completed(event: StoreEvent) -> None:
-            nonlocal completed
-            completed += 1
-            if completed == count:
-                done.set()
-
-        started = time.perf_counter()
-        async with open_worker("bench", noop, store=store, concurrency=concurrency) as worker:
-            worker.events.on("completed", on_completed)
-            seen = -1
-            while not done.is_set():  # give up when nothing completes for STALL seconds
-                if completed == seen:
-                    raise RuntimeError(f"conveyor: {completed} of {count} jobs done, then none")
-                seen = completed
-                with anyio.move_on_after(STALL):
-                    await done.wait()
-            elapsed = time.perf_counter() - started
+        elapsed = await drain(store, count, concurrency, STALL)
         counts = await store.get_job_counts("bench")
     expect("conveyor: completed jobs after the drain", counts[JobState.COMPLETED], count)
     expect("conveyor: jobs in all states after the drain", sum(counts.values()), count)

@@ -51,7 +51,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from _common import CHUNK, fill, latencies, noop, rate
+from _common import CHUNK, drain, fill, latencies, rate
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -94,26 +94,7 @@ async def conveyor_bulk(path: str, count: int) -> float:
 async def conveyor_drain(path: str, count: int) -> float:
     async with SqliteStore(path) as store:
         await fill(Queue("bench", store=store), count)
-        done = anyio.Event()
-        completed = 0
-
-        def on_completed(event: StoreEvent) -> None:
-            nonlocal completed
-            completed += 1
-            if completed == count:
-                done.set()
-
-        started = time.perf_counter()
-        async with open_worker("bench", noop, store=store, concurrency=10) as worker:
-            worker.events.on("completed", on_completed)
-            seen = -1
-            while not done.is_set():  # give up when nothing completes for 30 s
-                if completed == seen:
-                    raise RuntimeError(f"conveyor: {completed} of {count} jobs done, then none")
-                seen = completed
-                with anyio.move_on_after(30):
-                    await done.wait()
-            elapsed = time.perf_counter() - started
+        elapsed = await drain(store, count, 10)
         return count / elapsed
 
 
