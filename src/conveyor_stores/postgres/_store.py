@@ -223,29 +223,19 @@ class _Tx(JobTx):
                     (queue, kind, minute - store._metrics_minutes),
                 )
             )
-        for payload in self._payloads():
-            statements.append((b"SELECT pg_notify($1, $2)", (store._channel, payload)))
+        if self.rows:  # packed into payloads by conveyor_notify, as the one-statement writes do
+            statements.append(
+                (
+                    store._sql("SELECT {notify_fn}(?, ?, ?::text[])"),
+                    (store._channel, self.notify_head(), [_event_item(row) for row in self.rows]),
+                )
+            )
         statements.append((b"COMMIT", ()))
         await self.conn.pipeline(statements)
 
-    def _payloads(self) -> list[str]:
-        """The events as NOTIFY payloads of at most ``_NOTIFY_LIMIT`` bytes each."""
-        if not self.rows:
-            return []
-        head = f'{{"o":{_ENCODER.encode(self.store._origin)},"at":{self.now!r},"e":['
-        payloads: list[str] = []
-        items: list[str] = []
-        size = len(head) + 2
-        for row in self.rows:
-            item = _event_item(row)
-            length = len(item.encode()) + 1
-            if items and size + length > _NOTIFY_LIMIT:
-                payloads.append(head + ",".join(items) + "]}")
-                items, size = [], len(head) + 2
-            items.append(item)
-            size += length
-        payloads.append(head + ",".join(items) + "]}")
-        return payloads
+    def notify_head(self) -> str:
+        """The start of this transaction's NOTIFY payloads: origin, time, then the events."""
+        return f'{{"o":{_ENCODER.encode(self.store._origin)},"at":{self.now!r},"e":['
 
     # -- the job primitives ------------------------------------------------------------------------
 
@@ -867,7 +857,7 @@ class PgStore(StoreBase):
         # The new jobs' events are sent by the statements that insert them (the server makes
         # them, on its own core, instead of this process encoding each one).
         del tx.rows[before:]
-        head = f'{{"o":{_ENCODER.encode(self._origin)},"at":{tx.now!r},"e":['
+        head = tx.notify_head()
         created = from_timestamp(tx.now)
         queues = sorted({job.queue_name for job, _seq in fresh})
         insert = self._sql(
