@@ -6,8 +6,9 @@ How it runs:
   and trio, one round trip per statement, several statements per round trip where they do not
   depend on each other (``bench/pg_call_modes.py`` measured the choices).
 * Claims of plain jobs (no group waiting, no queue-wide limit, FIFO) are one ``FOR UPDATE SKIP
-  LOCKED`` statement, and simple completions (see ``_complete_claimed``) one statement per
-  batch: both run side by side across processes, without the schema lock.
+  LOCKED`` statement, simple completions (see ``_complete_claimed``) one statement per batch,
+  and adds of plain new jobs (see ``_insert_plain``) one round trip: they run side by side
+  across processes, without the schema lock.
 * Every other write runs in one transaction that first takes a transaction-level advisory lock
   keyed on the schema, so those writers run one at a time, as on SQLite: limits, groups,
   deduplication and pauses hold across every process and host by construction. They lock the
@@ -105,6 +106,9 @@ _STAMP = datetime(1, 1, 1, tzinfo=UTC)
 """A stand-in for the server's time in a record made before the statement that writes it."""
 _STAMP_ISO = _STAMP.isoformat()
 _STAMP_JSON = _ENCODER.encode(_STAMP_ISO)
+_LATER = datetime(1, 1, 2, tzinfo=UTC)
+"""The stand-in for a second server time in one record (a new delayed job's ``delay_until``)."""
+_LATER_JSON = _ENCODER.encode(_LATER.isoformat())
 _HEAD_ROOM = 80
 """Bytes a NOTIFY payload's head (origin, time) takes, with room to spare."""
 _INSERT_CHUNK = 250
@@ -122,6 +126,18 @@ def _event_item(row: tuple[Any, ...]) -> str:
     return item
 
 
+def _plain_new(job: JobData) -> bool:
+    """A new job whose adding needs nothing read first: no deduplication key, no parent, no
+    group size limit, no ``delay_until`` of its own (``opts.delay`` is fine)."""
+    group = job.opts.group
+    return (
+        job.deduplication_key is None
+        and job.parent_id is None
+        and job.delay_until is None
+        and (group is None or group.max_size is None)
+    )
+
+
 def _dt(value: float | None) -> datetime | None:
     return None if value is None else from_timestamp(value)
 
@@ -132,6 +148,10 @@ def _ts(value: datetime | None) -> float | None:
 
 class _Taken(Exception):
     """An insert met a job id already taken in its queue (the transaction rolls back)."""
+
+
+class _Unstampable(Exception):
+    """A job's own data holds a time stand-in's text: it is added the general way."""
 
 
 @attrs.frozen
@@ -828,6 +848,13 @@ class PgStore(StoreBase):
 
     async def _add(self, jobs: list[JobData], *, flow: bool) -> list[JobData]:
         try:
+            if not flow and all(map(_plain_new, jobs)):
+                try:
+                    return await self._insert_plain(jobs)
+                except _Unstampable:
+                    for job in jobs:  # back as validation left them
+                        job.created_at = job.delay_until = None
+                        job.state = JobState.WAITING
             return await self._write(lambda tx: self._insert(tx, jobs, flow=flow))
         except _Taken:
             pass
@@ -848,6 +875,117 @@ class PgStore(StoreBase):
                 raise DuplicateJobError(*key)
             seen.add(key)
         raise StoreError("adding jobs failed on a duplicate id that is gone now; try again")
+
+    async def _insert_plain(self, jobs: list[JobData]) -> list[JobData]:
+        """Add jobs that need no decision made under the schema lock (see ``_plain_new``):
+        one round trip, side by side with every other writer, as claims and completions.
+
+        The statements run as one implicit transaction, so the call adds every job or none.
+        Their time is the server's, at the start of that transaction: each record is made
+        here with stand-ins for its times and sent in pieces around them, which the statement
+        fills in. Each chunk of jobs is sent as soon as it is made, so the server inserts one
+        while the next is being serialized. The new jobs' events are made by the server too.
+        The queue's row comes last: every writer locks job rows before queue rows.
+        """
+        insert = self._sql(
+            """WITH now AS MATERIALIZED (
+                SELECT coalesce(?::float8, extract(epoch FROM now())::float8) AS t),
+            clock AS MATERIALIZED (SELECT t, '"' || to_char(to_timestamp(t) AT TIME ZONE 'UTC',
+                'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00"' AS iso FROM now),
+            v AS (SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::int[],
+                ?::bool[], ?::float8[], ?::text[], ?::text[], ?::text[])
+                AS v(q, i, n, l, p, lifo, d, a, b, c)),
+            added AS (
+                INSERT INTO {jobs} (queue, id, name, state, lane, priority, seq, created_at,
+                    delay_until, record)
+                SELECT v.q, v.i, v.n, CASE WHEN v.d IS NULL THEN 'waiting' ELSE 'delayed' END,
+                    v.l, v.p, CASE WHEN v.lifo AND v.d IS NULL THEN -nextval({seq_name})
+                        ELSE nextval({seq_name}) END,
+                    to_timestamp(clock.t), to_timestamp(clock.t + v.d),
+                    (v.a || clock.iso || v.b || coalesce('"' || to_char(
+                        to_timestamp(clock.t + v.d) AT TIME ZONE 'UTC',
+                        'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00"', '') || v.c)::json
+                FROM v, clock
+                RETURNING id, state, created_at, delay_until)
+            SELECT {notify_fn}(?, '{{"o":"' || ? || '","at":' || clock.t || ',"e":[',
+                    array_agg(json_build_array(?::text, a.state, a.id,
+                        json_build_object('prev', NULL))::text)),
+                min(a.created_at), array_agg(a.id) FILTER (WHERE a.delay_until IS NOT NULL),
+                array_agg(a.delay_until) FILTER (WHERE a.delay_until IS NOT NULL)
+            FROM added AS a, clock GROUP BY clock.t"""
+        )
+        at = None if self._clock is None else self._clock.time()
+        queues = sorted({job.queue_name for job in jobs})
+        chunks: list[tuple[str, list[JobData]]] = []
+        for queue in queues:
+            members = [job for job in jobs if job.queue_name == queue]
+            chunks += [
+                (queue, members[start : start + _INSERT_CHUNK])
+                for start in range(0, len(members), _INSERT_CHUNK)
+            ]
+
+        def statements() -> Iterator[tuple[bytes, Sequence[Any]]]:
+            for queue, chunk in chunks:
+                columns: tuple[list[Any], ...] = tuple([] for _ in range(9))
+                ids, names, lanes, priorities, lifos, delays, a, b, c = columns
+                for job in chunk:
+                    opts = job.opts
+                    job.created_at = _STAMP
+                    delayed = opts.delay > 0
+                    if delayed:
+                        job.delay_until = _LATER
+                    pieces = record_json(job).split(_STAMP_JSON)
+                    if len(pieces) != 2:
+                        raise _Unstampable
+                    head, tail = pieces
+                    rest = tail.split(_LATER_JSON)
+                    if len(rest) != (2 if delayed else 1):
+                        raise _Unstampable
+                    ids.append(job.id)
+                    names.append(job.name)
+                    lanes.append(job.group_id or "")
+                    priorities.append(opts.priority)
+                    lifos.append(opts.lifo)
+                    delays.append(opts.delay if delayed else None)
+                    a.append(head)
+                    b.append(rest[0])
+                    c.append(rest[1] if delayed else "")
+                if not any(value is not None for value in delays):
+                    delays.clear()  # unnest pads it with NULLs
+                yield (insert, (at, [queue] * len(chunk), *columns, self._channel,
+                                self._origin, queue))  # fmt: skip
+            yield (
+                self._sql(
+                    """WITH fresh AS (INSERT INTO {queues} (name) SELECT unnest(?::text[])
+                        ON CONFLICT (name) DO NOTHING)
+                    UPDATE {queues} SET live = 1 WHERE name = ANY(?::text[]) AND live = 0"""
+                ),
+                (queues, queues),
+            )
+
+        try:
+            results = await self._with_connection(lambda conn: conn.pipeline(statements()))
+        except StoreError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise _Taken from exc
+            raise
+        local = bool(self._subscribers)
+        events: list[StoreEvent] = []
+        for (queue, chunk), [(_sent, created, delayed_ids, delayed_until)] in zip(
+            chunks, results, strict=False
+        ):
+            until = dict(zip(delayed_ids or (), delayed_until or (), strict=True))
+            for job in chunk:
+                job.created_at = created
+                job.delay_until = until.get(job.id)
+                job.state = JobState.WAITING if job.delay_until is None else JobState.DELAYED
+                if local:
+                    events.append(
+                        StoreEvent(job.state.value, queue, job.id, {"prev": None}, created)
+                    )
+        if events:
+            self._deliver(events)
+        return jobs
 
     async def _insert(self, tx: _Tx, jobs: list[JobData], *, flow: bool) -> list[JobData]:
         before = len(tx.rows)
