@@ -275,3 +275,36 @@ async def test_an_add_without_the_schema_lock_stores_what_the_general_one_does(
         assert c.created_at is not None
         assert (c.delay_until - c.created_at).total_seconds() == 30
         assert [job.id for job in await store.fetch_next_jobs("q", "w", 30, 5)] == ["a", "b"]
+
+
+async def test_a_bulk_add_reaches_other_stores_as_one_event_a_job(
+    pg_dsn: str, anyio_backend: str
+) -> None:
+    """A bulk add's events are packed into several NOTIFY payloads; each job's arrives once,
+    in order, with its state, and with the time the job was created at."""
+    ids = [f"job-{i}-" + "ü" * (i % 50) for i in range(1_200)]
+    async with (
+        PgStore(pg_dsn, schema=f"bulk_events_{anyio_backend}") as listener,
+        PgStore(pg_dsn, schema=f"bulk_events_{anyio_backend}") as producer,
+    ):
+        seen: list[StoreEvent] = []
+        arrived = anyio.Event()
+
+        def on_event(event: StoreEvent) -> None:
+            seen.append(event)
+            if len(seen) == len(ids):
+                arrived.set()
+
+        listener.subscribe("q", on_event)
+        assert listener._listener is not None
+        await anyio.to_thread.run_sync(listener._listener.wait_ready, 10.0)
+        added = await producer.save_bulk(
+            [make_job(job_id=job_id, delay=60 if i % 3 == 0 else 0) for i, job_id in enumerate(ids)]
+        )
+        with anyio.fail_after(10):
+            await arrived.wait()
+        assert [(e.type, e.job_id) for e in seen] == [
+            ("delayed" if i % 3 == 0 else "waiting", job_id) for i, job_id in enumerate(ids)
+        ]
+        assert {e.timestamp for e in seen} == {added[0].created_at}
+        assert all(e.data == {"prev": None} for e in seen)

@@ -37,6 +37,7 @@ from .store import (
     check_json,
     check_name,
 )
+from .store._models import NO_OPTIONS
 
 __all__ = ["JobOptionsDict", "Queue", "build_job"]
 
@@ -93,13 +94,24 @@ def new_job_id() -> str:
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
-def build_job(queue_name: str, name: str, data: JsonValue, opts: JobOptions) -> JobData:
-    """The record a producer hands to the store for a new job."""
+def new_job_ids(count: int) -> list[str]:
+    """``count`` fresh job ids, as :func:`new_job_id` makes them, for one bulk add (one clock
+    read and one call for the random bits: a tenth of the cost)."""
+    now = f"{time.time_ns() // 1_000_000:012x}"
+    bits = os.urandom(10 * count).hex()
+    return [now + bits[i : i + 20] for i in range(0, 20 * count, 20)]
+
+
+def build_job(
+    queue_name: str, name: str, data: JsonValue, opts: JobOptions, job_id: str | None = None
+) -> JobData:
+    """The record a producer hands to the store for a new job (``job_id``: the id it takes
+    unless its options name one; default, a fresh one)."""
     check_job_name(name, "name")
     # The store checks (and copies) data at its edge; read it here only to hash it.
     clean = data if opts.deduplication is None else check_json(data, "data")
     return JobData(
-        id=opts.job_id or new_job_id(),
+        id=opts.job_id or job_id or new_job_id(),
         queue_name=queue_name,
         name=name,
         data=clean,
@@ -139,7 +151,7 @@ class Queue:
             raise ArgumentTypeError("default_job_options", "expected JobOptions")
         self.store = store
         """The store the queue lives in."""
-        self.default_job_options = default_job_options or JobOptions()
+        self.default_job_options = default_job_options or NO_OPTIONS
         """The options every job added through this object starts from."""
         self.events = EventBus(on_first=self._start_events, on_last=self._stop_events)
         """The queue's events, as its store publishes them (subscribed while anyone listens)."""
@@ -280,12 +292,13 @@ class Queue:
         if isinstance(jobs, str | bytes) or not isinstance(jobs, Sequence):
             raise ArgumentTypeError("jobs", "expected a sequence of (name, data, options)")
         records = []
+        ids = new_job_ids(len(jobs))
         for i, item in enumerate(jobs):
             if not isinstance(item, tuple) or len(item) != 3 or not isinstance(item[2], Mapping):
                 raise ArgumentTypeError(f"jobs[{i}]", "expected a (name, data, options) tuple")
             name, data, options = item
             opts = make_options(self.default_job_options, options)
-            records.append(build_job(self.name, name, data, opts))
+            records.append(build_job(self.name, name, data, opts, ids[i]))
         return [self._job(saved) for saved in await self.store.save_bulk(records)]
 
     async def _read(self, job_id: str) -> Job:

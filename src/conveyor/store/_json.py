@@ -41,7 +41,45 @@ class _Refused(Exception):
         self.path: list[str] = []
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+"""Types whose values are kept as they are (exactly these: subclasses are converted)."""
+
+
 def _checked(value: object, depth: int) -> JsonValue:
+    # The common shapes first, by exact type: a dict or list of plain scalars costs one call.
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is dict and depth < _MAX_DEPTH:
+        out: dict[str, Any] = {}
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                return _checked_slow(value, depth)  # the slow path names the bad key
+            if type(item) in _PLAIN:
+                out[key] = item
+            else:
+                try:
+                    out[key] = _checked(item, depth + 1)
+                except _Refused as refused:
+                    refused.path.append(f".{key}")
+                    raise
+        return out
+    if kind is list and depth < _MAX_DEPTH:
+        items: list[Any] = []
+        for i, item in enumerate(value):  # type: ignore[arg-type]
+            if type(item) in _PLAIN:
+                items.append(item)
+            else:
+                try:
+                    items.append(_checked(item, depth + 1))
+                except _Refused as refused:
+                    refused.path.append(f"[{i}]")
+                    raise
+        return items
+    return _checked_slow(value, depth)
+
+
+def _checked_slow(value: object, depth: int) -> JsonValue:
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
@@ -53,27 +91,27 @@ def _checked(value: object, depth: int) -> JsonValue:
     if depth >= _MAX_DEPTH:
         raise _Refused(f"nested deeper than {_MAX_DEPTH} levels")
     if isinstance(value, dict):
-        out: dict[str, Any] = {}
+        mapping: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _Refused(
                     f"JSON object keys must be str, got {type(key).__name__} key {key!r}"
                 )
             try:
-                out[key] = _checked(item, depth + 1)
+                mapping[key] = _checked(item, depth + 1)
             except _Refused as refused:
                 refused.path.append(f".{key}")
                 raise
-        return out
+        return mapping
     if isinstance(value, list | tuple):
-        items: list[Any] = []
+        elements: list[Any] = []
         for i, item in enumerate(value):
             try:
-                items.append(_checked(item, depth + 1))
+                elements.append(_checked(item, depth + 1))
             except _Refused as refused:
                 refused.path.append(f"[{i}]")
                 raise
-        return items
+        return elements
     raise _Refused(f"JSON cannot hold a value of type {type(value).__name__}: {value!r:.80}")
 
 

@@ -607,6 +607,11 @@ class RepeatRun:
     at: datetime
 
 
+NO_OPTIONS = JobOptions()
+"""The default options, one shared instance (frozen): a job without options of its own has
+these, and serializing it sees that by identity instead of comparing every field."""
+
+
 @attrs.define(eq=True)
 class JobData:
     """The stored record of one job.
@@ -624,7 +629,7 @@ class JobData:
     """The job's name (workers may be limited to one name)."""
     data: JsonValue = None
     """The payload: any JSON value."""
-    opts: JobOptions = attrs.field(factory=JobOptions)
+    opts: JobOptions = attrs.field(default=NO_OPTIONS)
     """The options the job was added with."""
     state: JobState = JobState.WAITING
     """Where the job is in its life."""

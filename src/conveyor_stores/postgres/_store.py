@@ -109,6 +109,9 @@ _STAMP_JSON = _ENCODER.encode(_STAMP_ISO)
 _LATER = datetime(1, 1, 2, tzinfo=UTC)
 """The stand-in for a second server time in one record (a new delayed job's ``delay_until``)."""
 _LATER_JSON = _ENCODER.encode(_LATER.isoformat())
+_WAITING_ITEM = '"waiting",'
+_DELAYED_ITEM = '"delayed",'
+_ADDED_DATA = '{"prev":null}'
 _HEAD_ROOM = 80
 """Bytes a NOTIFY payload's head (origin, time) takes, with room to spare."""
 _INSERT_CHUNK = 250
@@ -150,8 +153,9 @@ class _Taken(Exception):
     """An insert met a job id already taken in its queue (the transaction rolls back)."""
 
 
-class _Unstampable(Exception):
-    """A job's own data holds a time stand-in's text: it is added the general way."""
+class _NotPlain(Exception):
+    """A job turned out to need the general way of adding (its own data holds a time
+    stand-in's text, or its event would not fit in a payload)."""
 
 
 @attrs.frozen
@@ -851,7 +855,7 @@ class PgStore(StoreBase):
             if not flow and all(map(_plain_new, jobs)):
                 try:
                     return await self._insert_plain(jobs)
-                except _Unstampable:
+                except _NotPlain:
                     for job in jobs:  # back as validation left them
                         job.created_at = job.delay_until = None
                         job.state = JobState.WAITING
@@ -892,13 +896,12 @@ class PgStore(StoreBase):
                 SELECT coalesce(?::float8, extract(epoch FROM now())::float8) AS t),
             clock AS MATERIALIZED (SELECT t, '"' || to_char(to_timestamp(t) AT TIME ZONE 'UTC',
                 'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00"' AS iso FROM now),
-            v AS (SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::int[],
-                ?::bool[], ?::float8[], ?::text[], ?::text[], ?::text[])
-                AS v(q, i, n, l, p, lifo, d, a, b, c)),
+            v AS (SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::int[], ?::bool[],
+                ?::float8[], ?::text[], ?::text[], ?::text[]) AS v(i, n, l, p, lifo, d, a, b, c)),
             added AS (
                 INSERT INTO {jobs} (queue, id, name, state, lane, priority, seq, created_at,
                     delay_until, record)
-                SELECT v.q, v.i, v.n, CASE WHEN v.d IS NULL THEN 'waiting' ELSE 'delayed' END,
+                SELECT ?, v.i, v.n, CASE WHEN v.d IS NULL THEN 'waiting' ELSE 'delayed' END,
                     v.l, v.p, CASE WHEN v.lifo AND v.d IS NULL THEN -nextval({seq_name})
                         ELSE nextval({seq_name}) END,
                     to_timestamp(clock.t), to_timestamp(clock.t + v.d),
@@ -906,14 +909,21 @@ class PgStore(StoreBase):
                         to_timestamp(clock.t + v.d) AT TIME ZONE 'UTC',
                         'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00"', '') || v.c)::json
                 FROM v, clock
-                RETURNING id, state, created_at, delay_until)
-            SELECT {notify_fn}(?, '{{"o":"' || ? || '","at":' || clock.t || ',"e":[',
-                    array_agg(json_build_array(?::text, a.state, a.id,
-                        json_build_object('prev', NULL))::text)),
-                min(a.created_at), array_agg(a.id) FILTER (WHERE a.delay_until IS NOT NULL),
+                RETURNING id, created_at, delay_until)
+            SELECT min(a.created_at), array_agg(a.id) FILTER (WHERE a.delay_until IS NOT NULL),
                 array_agg(a.delay_until) FILTER (WHERE a.delay_until IS NOT NULL)
-            FROM added AS a, clock GROUP BY clock.t"""
+            FROM added AS a"""
         )
+        # The events, packed here into payload bodies: the server adds the head, with its time.
+        notify = self._sql(
+            """SELECT pg_notify(?, '{{"o":"' || ? || '","at":'
+                || coalesce(?::float8, extract(epoch FROM now())::float8) || ',"e":[' || body
+                || ']}}') FROM unnest(?::text[]) AS body"""
+        )
+        room = _NOTIFY_LIMIT - _HEAD_ROOM
+        bodies: list[str] = []
+        body: list[str] = []
+        size = 0
         at = None if self._clock is None else self._clock.time()
         queues = sorted({job.queue_name for job in jobs})
         chunks: list[tuple[str, list[JobData]]] = []
@@ -925,9 +935,11 @@ class PgStore(StoreBase):
             ]
 
         def statements() -> Iterator[tuple[bytes, Sequence[Any]]]:
+            nonlocal body, size
             for queue, chunk in chunks:
                 columns: tuple[list[Any], ...] = tuple([] for _ in range(9))
                 ids, names, lanes, priorities, lifos, delays, a, b, c = columns
+                quoted = _ENCODER.encode(queue)
                 for job in chunk:
                     opts = job.opts
                     job.created_at = _STAMP
@@ -936,11 +948,11 @@ class PgStore(StoreBase):
                         job.delay_until = _LATER
                     pieces = record_json(job).split(_STAMP_JSON)
                     if len(pieces) != 2:
-                        raise _Unstampable
+                        raise _NotPlain  # the stand-in's text is in the job's own data
                     head, tail = pieces
                     rest = tail.split(_LATER_JSON)
                     if len(rest) != (2 if delayed else 1):
-                        raise _Unstampable
+                        raise _NotPlain
                     ids.append(job.id)
                     names.append(job.name)
                     lanes.append(job.group_id or "")
@@ -950,10 +962,21 @@ class PgStore(StoreBase):
                     a.append(head)
                     b.append(rest[0])
                     c.append(rest[1] if delayed else "")
+                    # (ASCII: one byte a character)
+                    item = (
+                        f"[{quoted},{_DELAYED_ITEM if delayed else _WAITING_ITEM}"
+                        f"{_ENCODER.encode(job.id)},{_ADDED_DATA}]"
+                    )
+                    if len(item) >= room:
+                        raise _NotPlain  # an id too long for a payload: the general way
+                    if body and size + len(item) >= room:
+                        bodies.append(",".join(body))
+                        body, size = [], 0
+                    body.append(item)
+                    size += len(item) + 1
                 if not any(value is not None for value in delays):
                     delays.clear()  # unnest pads it with NULLs
-                yield (insert, (at, [queue] * len(chunk), *columns, self._channel,
-                                self._origin, queue))  # fmt: skip
+                yield (insert, (at, *columns, queue))
             yield (
                 self._sql(
                     """WITH fresh AS (INSERT INTO {queues} (name) SELECT unnest(?::text[])
@@ -962,6 +985,9 @@ class PgStore(StoreBase):
                 ),
                 (queues, queues),
             )
+            if body:
+                bodies.append(",".join(body))
+            yield (notify, (self._channel, self._origin, at, bodies))
 
         try:
             results = await self._with_connection(lambda conn: conn.pipeline(statements()))
@@ -971,7 +997,7 @@ class PgStore(StoreBase):
             raise
         local = bool(self._subscribers)
         events: list[StoreEvent] = []
-        for (queue, chunk), [(_sent, created, delayed_ids, delayed_until)] in zip(
+        for (queue, chunk), [(created, delayed_ids, delayed_until)] in zip(
             chunks, results, strict=False
         ):
             until = dict(zip(delayed_ids or (), delayed_until or (), strict=True))
