@@ -740,3 +740,39 @@ async def test_leaving_the_block_does_not_wait_for_a_poll(store_factory: StoreFa
             async with open_worker("q", slow, store=fx.store, poll_interval=60):
                 await started.wait()
                 release.set()  # the job finishes while the shutdown waits for it
+
+
+class _Silent(conveyor_stores.memory.MemoryStore):
+    """A MemoryStore whose outcome writes never answer, as a server that stopped responding
+    without closing the connection."""
+
+    async def finish_jobs(self, outcomes: Any) -> list[bool]:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_a_store_that_never_answers_cannot_hold_the_shutdown(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each outcome write gives up after a bound (shortened here): the job's lock then
+    expires and another worker takes it; the worker reports the failure and shuts down."""
+    monkeypatch.setattr(conveyor._worker, "_WRITE_TIMEOUT", 0.2)
+    async with _Silent() as store:
+        queue = Queue("q", store=store)
+        errors: list[StoreEvent] = []
+        gave_up = anyio.Event()
+
+        def on_error(event: StoreEvent) -> None:
+            errors.append(event)
+            if "did not answer" in event.data["message"]:
+                gave_up.set()
+
+        async def work(job: Job) -> str:
+            return "done"
+
+        await queue.add("work")
+        with anyio.fail_after(30):
+            async with open_worker("q", work, store=store, lock_duration=1, **FAST) as worker:
+                worker.events.on("error", on_error)
+                await gave_up.wait()
+        assert any("recording outcomes failed" in e.data["message"] for e in errors)

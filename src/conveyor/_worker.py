@@ -454,10 +454,9 @@ class Worker:
             # (the claim and the write overlap; the jobs still hold their locks until then).
             self._units -= 1
             self._wake()
-            # Shielded, so a cancellation never loses a computed result; bounded, so a dead
-            # store cannot hold the shutdown forever.
-            deadline = anyio.current_time() + _WRITE_TIMEOUT
-            with anyio.CancelScope(shield=True, deadline=deadline):
+            # Shielded, so a cancellation never loses a computed result. (Bounded all the
+            # same: each write gives up after _WRITE_TIMEOUT, see _write and _flush_outcomes.)
+            with anyio.CancelScope(shield=True):
                 await self._record(unit, outcomes)
             for entry in unit.entries:
                 self._running.pop(entry.job.id, None)
@@ -585,7 +584,7 @@ class Worker:
         """Have the completer write these outcomes with those of every other job finishing at
         the same time, in one ``finish_jobs`` call; wait for the write and return its results."""
         if not self._completer_alive:
-            return await self._store.finish_jobs(outcomes)
+            return await self._finish(outcomes)
         flush = self._flush
         start = len(flush.outcomes)
         flush.outcomes.extend(outcomes)
@@ -594,6 +593,14 @@ class Worker:
         if flush.error is not None:
             raise flush.error
         return flush.results[start : start + len(outcomes)]
+
+    async def _finish(self, outcomes: list[JobOutcome]) -> list[bool]:
+        """One ``finish_jobs`` call, given up after ``_WRITE_TIMEOUT``: a store that never
+        answers cannot hold the jobs waiting for the write, or the shutdown, forever. (One
+        timer for a whole batch of outcomes, not one per job.)"""
+        with anyio.move_on_after(_WRITE_TIMEOUT):
+            return await self._store.finish_jobs(outcomes)
+        raise StoreError(f"the store did not answer within {_WRITE_TIMEOUT:g} s")
 
     async def _run_completer(self) -> None:
         try:
@@ -618,7 +625,7 @@ class Worker:
         with anyio.CancelScope(shield=True):
             while True:
                 try:
-                    flush.results = await self._store.finish_jobs(flush.outcomes)
+                    flush.results = await self._finish(flush.outcomes)
                 except StoreError as exc:
                     if anyio.current_time() + backoff >= give_up:
                         flush.error = exc

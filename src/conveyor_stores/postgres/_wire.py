@@ -226,10 +226,14 @@ class PgConnection:
                     if first is not None
                     else ((q, *self._dump(q, p, pending)) for q, p in statements)
                 )
+                # A generator's statements are sent as each is made, so the server runs one
+                # while the next is made; a list's go out together (one write).
+                streaming = not isinstance(statements, Sequence)
                 for query, tx, dumped, name, prep in stream:
                     self._send(query, tx, dumped, name, prep)
                     sent.append((tx, prep))
-                    pgconn.flush()  # under way while the next statement is made
+                    if streaming:
+                        pgconn.flush()
                 pgconn.pipeline_sync()
                 results = await self._pipeline_results()
                 pgconn.exit_pipeline_mode()
