@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import threading
 import urllib.parse
 import uuid
@@ -457,6 +458,7 @@ class _Listener:
         self._origin = origin
         self._token = token
         self._deliver = deliver
+        self._own = f'{{"o":{json.dumps(origin)},'
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="conveyor-pg-listen", daemon=True)
@@ -478,9 +480,17 @@ class _Listener:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                     self._ready.set()
                     backoff = 0.05
+                    # libpq directly: every claim and completion of this store notifies, so
+                    # this loop runs as often as they do, beside the event loop's thread.
+                    pgconn = conn.pgconn
+                    encoding = conn.info.encoding
                     while not self._stop.is_set():
-                        for notify in conn.notifies(timeout=0.1, stop_after=100):
-                            self._handle(notify.payload)
+                        readable, _, _ = select.select([pgconn.socket], [], [], 0.1)
+                        if not readable:
+                            continue
+                        pgconn.consume_input()
+                        while (notify := pgconn.notifies()) is not None:
+                            self._handle(notify.extra.decode(encoding))
             except psycopg.Error:
                 self._ready.set()
                 self._stop.wait(backoff)
@@ -489,6 +499,8 @@ class _Listener:
                 return
 
     def _handle(self, payload: str) -> None:
+        if payload.startswith(self._own):
+            return  # this store's own events (its subscribers had them at commit)
         try:
             message = json.loads(payload)
             if message["o"] == self._origin:
@@ -1228,7 +1240,13 @@ class PgStore(StoreBase):
             args.append(fetch.job_name)
         args += [ALL_JOB_NAMES, queue, limit, duration, worker_id, worker_id]
         args += [queue, self._channel, self._origin, queue]
-        gate = self._sql("SELECT EXISTS (SELECT 1 FROM {lanes} WHERE queue = ? AND waiting > 0)")
+        # (the gate also has the claim planned once, generically: its plan reaches the rows
+        # through the primary key whatever the parameters, and planning it anew for each
+        # claim, as PostgreSQL otherwise chooses to, cost as much as running it)
+        gate = self._sql(
+            """SELECT EXISTS (SELECT 1 FROM {lanes} WHERE queue = ? AND waiting > 0)
+            FROM set_config('plan_cache_mode', 'force_generic_plan', true)"""
+        )
         try:
             async with self._pool.connection() as conn:
                 [(grouped,)], rows = await conn.pipeline([(gate, (queue,)), (claim, args)])
@@ -1516,7 +1534,8 @@ class PgStore(StoreBase):
                                         record = (v.a || stamp.iso || v.b || stamp.iso
                                             || v.c)::json,
                                         version = j.version + 1
-                                    FROM v, stamp WHERE j.pk = v.pk AND j.version = v.version
+                                    FROM v, stamp WHERE j.pk = v.pk
+                                        AND j.pk = ANY(?::bigint[]) AND j.version = v.version
                                         AND j.lock_token = v.token AND j.state = 'active'
                                     RETURNING j.pk, j.queue, v.item),
                                 told AS (
@@ -1541,6 +1560,7 @@ class PgStore(StoreBase):
                                 tokens,
                                 *parts,
                                 items,
+                                pks,  # (again: the plan reaches the rows by primary key)
                                 self._channel,
                                 self._origin,
                             ),
