@@ -156,6 +156,9 @@ class _Flush:
     done: anyio.Event = attrs.field(factory=anyio.Event)
     results: list[bool] = attrs.field(factory=list)
     error: BaseException | None = None
+    handed: list[tuple[_Unit, int, int]] = attrs.field(factory=list)
+    """Units handed over whole (see ``Worker._hand_over``), with their outcomes' range: the
+    completer announces those outcomes and forgets the units' jobs once written."""
 
 
 @attrs.frozen
@@ -454,13 +457,43 @@ class Worker:
             # (the claim and the write overlap; the jobs still hold their locks until then).
             self._units -= 1
             self._wake()
-            # Shielded, so a cancellation never loses a computed result. (Bounded all the
-            # same: each write gives up after _WRITE_TIMEOUT, see _write and _flush_outcomes.)
-            with anyio.CancelScope(shield=True):
-                await self._record(unit, outcomes)
-            for entry in unit.entries:
-                self._running.pop(entry.job.id, None)
-            self._wake()  # a shutdown waiting for running jobs sees this one gone
+            if not self._hand_over(unit, outcomes):
+                # Shielded, so a cancellation never loses a computed result. (Bounded all the
+                # same: each write gives up after _WRITE_TIMEOUT, see _finish.)
+                with anyio.CancelScope(shield=True):
+                    await self._record(unit, outcomes)
+                self._forget(unit)
+
+    def _hand_over(self, unit: _Unit, outcomes: list[JobOutcome | None] | None) -> bool:
+        """Leave the unit's outcomes to the completer, which writes them with those of every
+        job finishing at the same time, then announces them and forgets the jobs (their locks
+        are renewed until then): the unit's task goes on at once, with nothing to wait for.
+        False when the unit must see to its outcomes itself: jobs to give back or a failure
+        to record (see ``_record``), or no completer any more."""
+        if outcomes is None or not self._completer_alive:
+            return False
+        finish: list[JobOutcome] = []
+        for entry, outcome in zip(unit.entries, outcomes, strict=True):
+            if entry.job._settled:  # the processor ended the run itself (move_to_*)
+                continue
+            if outcome is None:
+                return False
+            finish.append(outcome)
+        if not finish:
+            self._forget(unit)
+            return True
+        flush = self._flush
+        start = len(flush.outcomes)
+        flush.outcomes.extend(finish)
+        flush.handed.append((unit, start, len(flush.outcomes)))
+        self._outcomes_ready.set()
+        return True
+
+    def _forget(self, unit: _Unit) -> None:
+        """The unit's jobs are done with: stop renewing their locks."""
+        for entry in unit.entries:
+            self._running.pop(entry.job.id, None)
+        self._wake()  # a shutdown waiting for running jobs sees them gone
 
     async def _process(self, unit: _Unit) -> list[JobOutcome | None]:
         jobs = [entry.job for entry in unit.entries]
@@ -638,6 +671,18 @@ class Worker:
                     flush.error = exc
                 break
         flush.done.set()
+        if not flush.handed:
+            return
+        if flush.error is not None:
+            log.error("recording the outcome of jobs of worker %s failed: %s", self.id, flush.error)
+            self._emit(EventType.ERROR, message=f"recording outcomes failed: {flush.error}")
+        for unit, start, end in flush.handed:
+            if flush.error is None:
+                for outcome, ok in zip(
+                    flush.outcomes[start:end], flush.results[start:end], strict=True
+                ):
+                    self._announce(outcome, ok)
+            self._forget(unit)
 
     def _announce(self, outcome: JobOutcome, applied: bool) -> None:
         if not applied:
