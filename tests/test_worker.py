@@ -776,3 +776,54 @@ async def test_a_store_that_never_answers_cannot_hold_the_shutdown(
                 worker.events.on("error", on_error)
                 await gave_up.wait()
         assert any("recording outcomes failed" in e.data["message"] for e in errors)
+
+
+class _SlowWrites(conveyor_stores.memory.MemoryStore):
+    """A MemoryStore whose outcome writes wait for ``release``; every claim checks that the
+    worker holds at most ``bound`` locks with it."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__()
+        self.bound = bound
+        self.release = anyio.Event()
+        self.claims = 0
+
+    async def fetch_next_jobs(self, queue_name: str, worker_id: str, lock_duration: Any,
+                              limit: int, opts: Any = None) -> list[conveyor.JobData]:  # fmt: skip
+        held = await self.count_jobs(queue_name, JobState.ACTIVE)
+        assert held + limit <= self.bound, f"{held} locks held, claiming {limit} more"
+        self.claims += 1
+        return await super().fetch_next_jobs(queue_name, worker_id, lock_duration, limit, opts)
+
+    async def finish_jobs(self, outcomes: Any) -> list[bool]:
+        await self.release.wait()
+        return await super().finish_jobs(outcomes)
+
+
+async def test_a_worker_holds_at_most_twice_its_concurrency_in_locks(anyio_backend: str) -> None:
+    """Finished jobs keep their locks until their outcomes are written; while writes lag, the
+    worker stops claiming at twice its concurrency in locks, and goes on once they land."""
+    async with _SlowWrites(bound=4) as store:
+        queue = Queue("q", store=store)
+        jobs = [await queue.add("quick", {"n": n}) for n in range(20)]
+        active = 0
+        full = anyio.Event()
+
+        def on_active(event: StoreEvent) -> None:
+            nonlocal active
+            active += 1
+            if active == 4:
+                full.set()
+
+        store.subscribe("q", lambda e: on_active(e) if e.type == "active" else None)
+
+        async def quick(job: Job) -> None:
+            return None
+
+        async with open_worker("q", quick, store=store, concurrency=2, **FAST):
+            with anyio.fail_after(10):
+                await full.wait()
+            store.release.set()
+            for job in jobs:
+                await job.wait_until_finished(timeout=10)
+        assert (await store.get_job_counts("q"))[JobState.COMPLETED] == 20

@@ -263,6 +263,9 @@ class Worker:
         self._poll_interval = poll_interval
         self._batch = batch
         self._units = 0
+        """Units (jobs, or batches) running."""
+        self._writing = 0
+        """Units whose processor is done and whose outcome is not written yet."""
         self._running: dict[str, _Running] = {}
         self._ready: deque[_Unit] = deque()
         self._work = anyio.Event()
@@ -335,7 +338,7 @@ class Worker:
         backoff = 0.0
         while not self._closing:
             claimed_any = False
-            while self._units < self._concurrency and not self._paused and not self._closing:
+            while self._room() and not self._paused and not self._closing:
                 try:
                     claimed = await self._claim(self._concurrency - self._units)
                 except StoreError as exc:
@@ -361,8 +364,14 @@ class Worker:
                     break
                 self._signal_work()
                 claimed_any = True
-            if not claimed_any or self._units >= self._concurrency or self._paused:
+            if not claimed_any or not self._room() or self._paused:
                 await self._sleep()
+
+    def _room(self) -> bool:
+        """Whether to claim: fewer than ``concurrency`` units run, and fewer than twice that
+        many run or wait for their outcome to be written (the locks a worker holds)."""
+        units = self._units
+        return units < self._concurrency and units + self._writing < 2 * self._concurrency
 
     def _signal_work(self) -> None:
         self._work.set()
@@ -456,6 +465,7 @@ class Worker:
             # The processor is done: its slot can be claimed for while the outcome is written
             # (the claim and the write overlap; the jobs still hold their locks until then).
             self._units -= 1
+            self._writing += 1
             self._wake()
             if not self._hand_over(unit, outcomes):
                 # Shielded, so a cancellation never loses a computed result. (Bounded all the
@@ -493,7 +503,8 @@ class Worker:
         """The unit's jobs are done with: stop renewing their locks."""
         for entry in unit.entries:
             self._running.pop(entry.job.id, None)
-        self._wake()  # a shutdown waiting for running jobs sees them gone
+        self._writing -= 1
+        self._wake()  # the fetcher may claim again; a shutdown waiting for jobs sees them gone
 
     async def _process(self, unit: _Unit) -> list[JobOutcome | None]:
         jobs = [entry.job for entry in unit.entries]
