@@ -657,7 +657,8 @@ async def test_cancel_reaches_the_worker_through_lock_renewal(store_factory: Sto
 
         job = await queue.add("forever")
         async with open_worker("q", forever, store=fx.store, lock_duration=0.2, **FAST) as worker:
-            fx.store.unsubscribe("q", worker._on_store_event)  # deaf to events from here on
+            # deaf to events from here on
+            fx.store.unsubscribe("q", conveyor._worker._StoreEvents(worker))
             with anyio.fail_after(10):
                 await started.wait()
             await job.cancel()

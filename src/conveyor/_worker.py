@@ -780,6 +780,21 @@ class Worker:
                 entry.cancel(_Stop.CANCELLED)
 
 
+@attrs.frozen
+class _StoreEvents:
+    """A worker's subscription to its store. ``event_types`` names the events it acts on; a
+    store may skip making the others for it (the ``active`` and ``completed`` events of every
+    job the worker runs)."""
+
+    worker: Worker
+    event_types: frozenset[str] = frozenset(
+        {EventType.WAITING, EventType.RESUMED, EventType.DELAYED, EventType.CANCEL_REQUESTED}
+    )
+
+    def __call__(self, event: StoreEvent) -> None:
+        self.worker._on_store_event(event)
+
+
 def _is_async(processor: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(processor):
         return True
@@ -883,7 +898,8 @@ async def open_worker(
     )
     worker._grace = grace
     fetcher_done = anyio.Event()
-    store.subscribe(queue_name, worker._on_store_event)
+    subscription = _StoreEvents(worker)
+    store.subscribe(queue_name, subscription)
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker._run_lock_renewer, name="lock renewer")
         tg.start_soon(worker._run_stall_sweeper, name="stall sweeper")
@@ -901,4 +917,4 @@ async def open_worker(
             with anyio.CancelScope(shield=True):
                 await fetcher_done.wait()
             tg.cancel_scope.cancel()
-            store.unsubscribe(queue_name, worker._on_store_event)
+            store.unsubscribe(queue_name, subscription)

@@ -175,6 +175,22 @@ class StoreBase(abc.ABC):
         if not self._subscribers:
             self._unsubscribed()
 
+    def _wants(self, queue_name: str, type_: str) -> bool:
+        """Whether a subscriber takes events of ``type_`` for this queue, so that a store can
+        skip making those nobody takes. A callback with an ``event_types`` attribute (a
+        collection of event types) takes only those; any other takes every event. (A worker's
+        subscription takes the few it acts on, not the ``active`` and ``completed`` events
+        of every job it runs.)"""
+        subscribers = self._subscribers
+        if not subscribers:
+            return False
+        for key in (queue_name, None):
+            for callback in subscribers.get(key, ()):
+                types = getattr(callback, "event_types", None)
+                if types is None or type_ in types:
+                    return True
+        return False
+
     def _subscribed(self) -> None:  # noqa: B027 (a hook; doing nothing is its default)
         """Called after every :meth:`subscribe` (a store that listens elsewhere starts here)."""
 

@@ -1256,7 +1256,7 @@ class PgStore(StoreBase):
             return None if grouped else []
         rows.sort(key=lambda row: row[0])  # claim order
         at = from_timestamp(float(rows[0][-1]))
-        local = bool(self._subscribers)
+        local = self._wants(queue, EventType.ACTIVE)
         events: list[StoreEvent] = []
         claimed: list[JobData] = []
         remember: list[tuple[str, _Claim]] = []
@@ -1600,11 +1600,16 @@ class PgStore(StoreBase):
             return []
         now = float(rows[0][1])
         completed: list[int] = []
-        local = bool(self._subscribers)
+        wanted: dict[str, bool] = {}
         events: list[StoreEvent] = []
         for pk, _t in rows:
             i, outcome = jobs[pk]
             completed.append(i)
+            local = wanted.get(outcome.queue_name)
+            if local is None:
+                local = wanted[outcome.queue_name] = self._wants(
+                    outcome.queue_name, EventType.COMPLETED
+                )
             if local:
                 value = copy_json(outcome.returnvalue)
                 data = {"prev": JobState.ACTIVE.value, "returnvalue": value}
