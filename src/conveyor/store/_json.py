@@ -80,6 +80,8 @@ def _checked(value: object, depth: int) -> JsonValue:
 
 
 def _checked_slow(value: object, depth: int) -> JsonValue:
+    """The rare shapes: subclasses of the JSON types (converted to the types themselves),
+    keys that are not ``str``, too deep a nesting, and what JSON cannot hold."""
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
@@ -91,27 +93,14 @@ def _checked_slow(value: object, depth: int) -> JsonValue:
     if depth >= _MAX_DEPTH:
         raise _Refused(f"nested deeper than {_MAX_DEPTH} levels")
     if isinstance(value, dict):
-        mapping: dict[str, Any] = {}
-        for key, item in value.items():
+        for key in value:
             if not isinstance(key, str):
                 raise _Refused(
                     f"JSON object keys must be str, got {type(key).__name__} key {key!r}"
                 )
-            try:
-                mapping[key] = _checked(item, depth + 1)
-            except _Refused as refused:
-                refused.path.append(f".{key}")
-                raise
-        return mapping
+        return _checked({str(key): item for key, item in value.items()}, depth)
     if isinstance(value, list | tuple):
-        elements: list[Any] = []
-        for i, item in enumerate(value):
-            try:
-                elements.append(_checked(item, depth + 1))
-            except _Refused as refused:
-                refused.path.append(f"[{i}]")
-                raise
-        return elements
+        return _checked(list(value), depth)
     raise _Refused(f"JSON cannot hold a value of type {type(value).__name__}: {value!r:.80}")
 
 
