@@ -136,6 +136,13 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
     with ExitStack() as stack:
         server, base = stack.enter_context(serve(env, tmp / "server.log"))
         worker = stack.enter_context(started(worker_args, env, tmp / "worker.log"))
+
+        def worker_ready() -> bool | None:
+            worker.check_alive()
+            return "ready (trio)" in worker.output() or None
+
+        # (a SIGTERM before the worker listens for it would kill it, not stop it gracefully)
+        wait_for("the worker to start", worker_ready)
         client = stack.enter_context(httpx.Client(trust_env=False, timeout=DEADLINE))
         yield Web(base, client, server, worker)
         assert worker.stop() == 0, worker.output()
