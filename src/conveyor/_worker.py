@@ -478,8 +478,9 @@ class Worker:
         """Leave the unit's outcomes to the completer, which writes them with those of every
         job finishing at the same time, then announces them and forgets the jobs (their locks
         are renewed until then): the unit's task goes on at once, with nothing to wait for.
-        False when the unit must see to its outcomes itself: jobs to give back or a failure
-        to record (see ``_record``), or no completer any more."""
+        False when the unit must see to its outcomes itself (see ``_record``): a job stopped
+        from outside (cancelled, its lock lost, given back at shutdown), or no completer any
+        more."""
         if outcomes is None or not self._completer_alive:
             return False
         finish: list[JobOutcome] = []
