@@ -19,8 +19,9 @@ import time
 import uuid
 
 import anyio
+from _common import drain, percentile
 
-from conveyor import Job, JobData, JobOutcome, Queue, StoreEvent, open_worker
+from conveyor import Job, JobData, JobOutcome, Queue, open_worker
 from conveyor_stores.memory import MemoryStore
 
 
@@ -29,27 +30,10 @@ def records(count: int) -> list[JobData]:
             for i in range(count)]  # fmt: skip
 
 
-async def noop(job: Job) -> None:
-    return None
-
-
-async def drain(jobs: int, concurrency: int) -> float:
+async def drain_rate(jobs: int, concurrency: int) -> float:
     async with MemoryStore() as store:
         await store.save_bulk(records(jobs))
-        done = anyio.Event()
-        completed = 0
-
-        def count(event: StoreEvent) -> None:
-            nonlocal completed
-            completed += 1
-            if completed == jobs:
-                done.set()
-
-        started = time.perf_counter()
-        async with open_worker("bench", noop, store=store, concurrency=concurrency) as worker:
-            worker.events.on("completed", count)
-            await done.wait()
-        return jobs / (time.perf_counter() - started)
+        return jobs / await drain(store, jobs, concurrency)
 
 
 async def store_only(jobs: int) -> float:
@@ -89,11 +73,12 @@ async def main(args: argparse.Namespace, backend: str) -> None:
     base = statistics.median([await store_only(args.jobs) for _ in range(args.repeat)])
     print(f"store alone, batches of 100: {base:>10,.0f} jobs/s (baseline)")
     for concurrency in (1, 10, 100):
-        rate = statistics.median([await drain(args.jobs, concurrency) for _ in range(args.repeat)])
+        runs = [await drain_rate(args.jobs, concurrency) for _ in range(args.repeat)]
+        rate = statistics.median(runs)
         share = f"{rate / base:.0%} of the baseline"
         print(f"drain, concurrency {concurrency:>3}:   {rate:>10,.0f} jobs/s  ({share})")
-    lat = sorted(await pickup(300))
-    p50, p95 = lat[len(lat) // 2], lat[int(len(lat) * 0.95)]
+    lat = await pickup(300)
+    p50, p95 = percentile(lat, 0.5), percentile(lat, 0.95)
     print(f"pickup latency: p50 {p50 * 1e3:.3f} ms, p95 {p95 * 1e3:.3f} ms")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -110,22 +111,31 @@ async def test_an_unreachable_server_is_a_store_error(anyio_backend: str) -> Non
         await store.connect()
 
 
+async def _listen(
+    store: PgStore, done: Callable[[list[StoreEvent]], bool]
+) -> tuple[list[StoreEvent], anyio.Event]:
+    """Subscribe to queue ``q`` of ``store`` once its ``LISTEN`` connection is up: the events
+    seen, and an event set once ``done(seen)`` holds."""
+    seen: list[StoreEvent] = []
+    arrived = anyio.Event()
+
+    def on_event(event: StoreEvent) -> None:
+        seen.append(event)
+        if done(seen):
+            arrived.set()
+
+    store.subscribe("q", on_event)
+    assert store._listener is not None
+    await anyio.to_thread.run_sync(store._listener.wait_ready, 10.0)
+    return seen, arrived
+
+
 async def test_other_stores_events_arrive_through_listen(pg_dsn: str, anyio_backend: str) -> None:
     async with (
         PgStore(pg_dsn, schema=f"events_{anyio_backend}") as listener,
         PgStore(pg_dsn, schema=f"events_{anyio_backend}") as producer,
     ):
-        seen: list[StoreEvent] = []
-        arrived = anyio.Event()
-
-        def on_event(event: StoreEvent) -> None:
-            seen.append(event)
-            if event.type == "completed":
-                arrived.set()
-
-        listener.subscribe("q", on_event)
-        assert listener._listener is not None
-        await anyio.to_thread.run_sync(listener._listener.wait_ready, 10.0)
+        seen, arrived = await _listen(listener, lambda seen: seen[-1].type == "completed")
         await producer.save_job(make_job(job_id="a", data={"big": "x" * 20_000}))
         [job] = await producer.fetch_next_jobs("q", "w", 30, 1)
         await producer.finish_jobs([JobOutcome.completed(job, "y" * 20_000)])
@@ -287,17 +297,7 @@ async def test_a_bulk_add_reaches_other_stores_as_one_event_a_job(
         PgStore(pg_dsn, schema=f"bulk_events_{anyio_backend}") as listener,
         PgStore(pg_dsn, schema=f"bulk_events_{anyio_backend}") as producer,
     ):
-        seen: list[StoreEvent] = []
-        arrived = anyio.Event()
-
-        def on_event(event: StoreEvent) -> None:
-            seen.append(event)
-            if len(seen) == len(ids):
-                arrived.set()
-
-        listener.subscribe("q", on_event)
-        assert listener._listener is not None
-        await anyio.to_thread.run_sync(listener._listener.wait_ready, 10.0)
+        seen, arrived = await _listen(listener, lambda seen: len(seen) == len(ids))
         added = await producer.save_bulk(
             [make_job(job_id=job_id, delay=60 if i % 3 == 0 else 0) for i, job_id in enumerate(ids)]
         )

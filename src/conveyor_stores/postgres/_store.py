@@ -130,6 +130,36 @@ def _event_item(row: tuple[Any, ...]) -> str:
     return item
 
 
+def _iso_sql(seconds: str) -> str:
+    """SQL for the JSON string of the time ``seconds`` (an SQL expression, seconds since the
+    epoch) as this store writes it into a record: Python's ``isoformat`` of an aware UTC time
+    with microseconds. Statements that fill the server's time into records made beforehand
+    (see ``_STAMP``) put this where the stand-in was."""
+    return (
+        f"""('"' || to_char(to_timestamp({seconds}) AT TIME ZONE 'UTC', """
+        """'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00"')"""
+    )
+
+
+def _pack(items: list[str]) -> list[str]:
+    """Event items (JSON arrays in ASCII, each small enough) packed greedily into NOTIFY
+    payload bodies that leave room for a head: what ``conveyor_notify`` does on the server,
+    for the statements that send events made here."""
+    room = _NOTIFY_LIMIT - _HEAD_ROOM
+    bodies: list[str] = []
+    body: list[str] = []
+    size = 0
+    for item in items:
+        if body and size + len(item) >= room:
+            bodies.append(",".join(body))
+            body, size = [], 0
+        body.append(item)
+        size += len(item) + 1
+    if body:
+        bodies.append(",".join(body))
+    return bodies
+
+
 def _plain_new(job: JobData) -> bool:
     """A new job whose adding needs nothing read first: no deduplication key, no parent, no
     group size limit, no ``delay_until`` of its own (``opts.delay`` is fine)."""
@@ -144,10 +174,6 @@ def _plain_new(job: JobData) -> bool:
 
 def _dt(value: float | None) -> datetime | None:
     return None if value is None else from_timestamp(value)
-
-
-def _ts(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
 
 
 class _Taken(Exception):
@@ -900,26 +926,25 @@ class PgStore(StoreBase):
         Their time is the server's, at the start of that transaction: each record is made
         here with stand-ins for its times and sent in pieces around them, which the statement
         fills in. Each chunk of jobs is sent as soon as it is made, so the server inserts one
-        while the next is being serialized. The new jobs' events are made by the server too.
-        The queue's row comes last: every writer locks job rows before queue rows.
+        while the next is being serialized. The new jobs' events are packed here and sent by
+        the last statement, which adds their head with the server's time. The queue's row
+        comes after the jobs: every writer locks job rows before queue rows.
         """
         insert = self._sql(
-            """WITH now AS MATERIALIZED (
+            f"""WITH now AS MATERIALIZED (
                 SELECT coalesce(?::float8, extract(epoch FROM now())::float8) AS t),
-            clock AS MATERIALIZED (SELECT t, '"' || to_char(to_timestamp(t) AT TIME ZONE 'UTC',
-                'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00"' AS iso FROM now),
+            clock AS MATERIALIZED (SELECT t, {_iso_sql("t")} AS iso FROM now),
             v AS (SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::int[], ?::bool[],
                 ?::float8[], ?::text[], ?::text[], ?::text[]) AS v(i, n, l, p, lifo, d, a, b, c)),
             added AS (
-                INSERT INTO {jobs} (queue, id, name, state, lane, priority, seq, created_at,
+                INSERT INTO {{jobs}} (queue, id, name, state, lane, priority, seq, created_at,
                     delay_until, record)
                 SELECT ?, v.i, v.n, CASE WHEN v.d IS NULL THEN 'waiting' ELSE 'delayed' END,
-                    v.l, v.p, CASE WHEN v.lifo AND v.d IS NULL THEN -nextval({seq_name})
-                        ELSE nextval({seq_name}) END,
+                    v.l, v.p, CASE WHEN v.lifo AND v.d IS NULL THEN -nextval({{seq_name}})
+                        ELSE nextval({{seq_name}}) END,
                     to_timestamp(clock.t), to_timestamp(clock.t + v.d),
-                    (v.a || clock.iso || v.b || coalesce('"' || to_char(
-                        to_timestamp(clock.t + v.d) AT TIME ZONE 'UTC',
-                        'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00"', '') || v.c)::json
+                    (v.a || clock.iso || v.b || coalesce({_iso_sql("clock.t + v.d")}, '')
+                        || v.c)::json
                 FROM v, clock
                 RETURNING id, created_at, delay_until)
             SELECT min(a.created_at), array_agg(a.id) FILTER (WHERE a.delay_until IS NOT NULL),
@@ -932,22 +957,19 @@ class PgStore(StoreBase):
                 || coalesce(?::float8, extract(epoch FROM now())::float8) || ',"e":[' || body
                 || ']}}') FROM unnest(?::text[]) AS body"""
         )
-        room = _NOTIFY_LIMIT - _HEAD_ROOM
-        bodies: list[str] = []
-        body: list[str] = []
-        size = 0
         at = None if self._clock is None else self._clock.time()
-        queues = sorted({job.queue_name for job in jobs})
-        chunks: list[tuple[str, list[JobData]]] = []
-        for queue in queues:
-            members = [job for job in jobs if job.queue_name == queue]
-            chunks += [
-                (queue, members[start : start + _INSERT_CHUNK])
-                for start in range(0, len(members), _INSERT_CHUNK)
-            ]
+        by_queue: dict[str, list[JobData]] = {}
+        for job in jobs:
+            by_queue.setdefault(job.queue_name, []).append(job)
+        queues = sorted(by_queue)
+        chunks = [
+            (queue, by_queue[queue][start : start + _INSERT_CHUNK])
+            for queue in queues
+            for start in range(0, len(by_queue[queue]), _INSERT_CHUNK)
+        ]
+        items: list[str] = []
 
         def statements() -> Iterator[tuple[bytes, Sequence[Any]]]:
-            nonlocal body, size
             for queue, chunk in chunks:
                 columns: tuple[list[Any], ...] = tuple([] for _ in range(9))
                 ids, names, lanes, priorities, lifos, delays, a, b, c = columns
@@ -979,13 +1001,9 @@ class PgStore(StoreBase):
                         f"[{quoted},{_DELAYED_ITEM if delayed else _WAITING_ITEM}"
                         f"{_ENCODER.encode(job.id)},{_ADDED_DATA}]"
                     )
-                    if len(item) >= room:
+                    if len(item) + _HEAD_ROOM >= _NOTIFY_LIMIT:
                         raise _NotPlain  # an id too long for a payload: the general way
-                    if body and size + len(item) >= room:
-                        bodies.append(",".join(body))
-                        body, size = [], 0
-                    body.append(item)
-                    size += len(item) + 1
+                    items.append(item)
                 if not any(value is not None for value in delays):
                     delays.clear()  # unnest pads it with NULLs
                 yield (insert, (at, *columns, queue))
@@ -997,9 +1015,7 @@ class PgStore(StoreBase):
                 ),
                 (queues, queues),
             )
-            if body:
-                bodies.append(",".join(body))
-            yield (notify, (self._channel, self._origin, at, bodies))
+            yield (notify, (self._channel, self._origin, at, _pack(items)))
 
         try:
             results = await self._with_connection(lambda conn: conn.pipeline(statements()))
@@ -1517,18 +1533,15 @@ class PgStore(StoreBase):
                     [
                         (
                             self._sql(
-                                """WITH clock AS MATERIALIZED (SELECT coalesce(?::float8,
+                                f"""WITH clock AS MATERIALIZED (SELECT coalesce(?::float8,
                                     extract(epoch FROM clock_timestamp())::float8) AS t),
-                                stamp AS MATERIALIZED (SELECT t,
-                                    '"' || to_char(to_timestamp(t) AT TIME ZONE 'UTC',
-                                        'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00"' AS iso
-                                    FROM clock),
+                                stamp AS MATERIALIZED (SELECT t, {_iso_sql("t")} AS iso FROM clock),
                                 v AS (SELECT * FROM unnest(?::bigint[], ?::bigint[], ?::text[],
                                     ?::text[], ?::text[], ?::text[], ?::text[])
                                     AS v(pk, version, token, a, b, c, item)),
                                 done AS (
-                                    UPDATE {jobs} AS j SET state = 'completed',
-                                        seq = nextval({seq_name}), lock_until = NULL,
+                                    UPDATE {{jobs}} AS j SET state = 'completed',
+                                        seq = nextval({{seq_name}}), lock_until = NULL,
                                         locked_by = NULL, lock_token = NULL,
                                         finished_at = to_timestamp(stamp.t),
                                         record = (v.a || stamp.iso || v.b || stamp.iso
@@ -1539,7 +1552,7 @@ class PgStore(StoreBase):
                                         AND j.lock_token = v.token AND j.state = 'active'
                                     RETURNING j.pk, j.queue, v.item),
                                 told AS (
-                                    SELECT {notify_fn}(?, '{{"o":"' || ? || '","at":' || stamp.t
+                                    SELECT {{notify_fn}}(?, '{{{{"o":"' || ? || '","at":' || stamp.t
                                         || ',"e":[', array_agg(d.item)) AS sent
                                     FROM done AS d, stamp GROUP BY stamp.t),
                                 tallied AS (
