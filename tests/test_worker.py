@@ -4,6 +4,7 @@ backends. Waiting is on events with generous ``fail_after`` bounds, never on sle
 from __future__ import annotations
 
 import contextlib
+import gc
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -828,3 +829,29 @@ async def test_a_worker_holds_at_most_twice_its_concurrency_in_locks(anyio_backe
             for job in jobs:
                 await job.wait_until_finished(timeout=10)
         assert (await store.get_job_counts("q"))[JobState.COMPLETED] == 20
+
+
+async def test_finished_jobs_leave_no_reference_cycles(anyio_backend: str) -> None:
+    """A job's worker-side objects are freed when it ends, not left for the garbage collector:
+    with a cycle per job, a fast drain spends a fifth of its time in full collections."""
+    async with conveyor_stores.memory.MemoryStore() as store:
+        queue = Queue("q", store=store)
+        jobs = [await queue.add("quick", {"n": n}) for n in range(50)]
+
+        async def quick(job: Job) -> None:
+            return None
+
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            async with open_worker("q", quick, store=store, concurrency=5, **FAST):
+                for job in jobs:
+                    await job.wait_until_finished(timeout=10)
+            gc.collect()
+            left = {type(obj).__name__ for obj in gc.garbage}
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert not left & {"Job", "JobData", "_Running", "_Unit", "CancelScope"}, left

@@ -395,8 +395,7 @@ class Worker:
             for entry in unit.entries:
                 entry.stop = entry.stop or _Stop.SHUTDOWN
             await self._record(unit, None)
-            for entry in unit.entries:
-                self._running.pop(entry.job.id, None)
+            self._drop(unit)
             self._units -= 1
 
     def _track(self, claimed: list[JobData]) -> list[_Running]:
@@ -502,10 +501,17 @@ class Worker:
 
     def _forget(self, unit: _Unit) -> None:
         """The unit's jobs are done with: stop renewing their locks."""
-        for entry in unit.entries:
-            self._running.pop(entry.job.id, None)
+        self._drop(unit)
         self._writing -= 1
         self._wake()  # the fetcher may claim again; a shutdown waiting for jobs sees them gone
+
+    def _drop(self, unit: _Unit) -> None:
+        """Stop renewing the locks of the unit's jobs, and unlink the unit from its jobs: the
+        two refer to each other, and left so, every job would wait for the garbage collector
+        (a full collection every few thousand jobs, ~a fifth of a no-op drain's time)."""
+        for entry in unit.entries:
+            self._running.pop(entry.job.id, None)
+            entry.unit = None
 
     async def _process(self, unit: _Unit) -> list[JobOutcome | None]:
         jobs = [entry.job for entry in unit.entries]
