@@ -14,8 +14,10 @@ Columns (``--only`` takes these names; ``--backend`` picks the conveyor ones oth
 defaults: 10 connections, ``LISTEN`` on), ``procrastinate``, ``pgqueuer`` and ``raw``.
 
 Every measurement runs in a fresh database (``conveyor_bench_pgq_<pid>``, created on the server
-of ``--dsn`` and dropped after it); each system creates its own tables there before the clock
-starts. Throughputs are the median of ``--repeat`` runs, taken round robin (every figure once
+of ``--dsn`` and dropped after it) and in a fresh Python process that imports only the system it
+measures, as a user's would (the others' modules in the heap make every full collection of the
+garbage collector slower); each system creates its own tables there before the clock starts.
+Throughputs are the median of ``--repeat`` runs, taken round robin (every figure once
 per round, so a burst of other load on the machine hits every column alike).
 
 * enqueue one by one: ``--single`` jobs, one call (one transaction) each. conveyor:
@@ -853,6 +855,29 @@ def header(args: argparse.Namespace, columns: list[str]) -> None:
         f"median of {args.repeat}; pickup {args.samples} samples")  # fmt: skip
 
 
+def isolated(args: argparse.Namespace, column: str, row: str, dsn: str) -> Any:
+    """Run one measurement in a process of its own, which imports only the system measured
+    (as a user's worker would): the others' modules would otherwise sit in the heap of every
+    later run, and a full collection of the garbage collector walks all of it."""
+    command = [sys.executable, os.path.abspath(__file__), "--measure", f"{column}:{row}",
+               "--dsn", dsn, "--jobs", str(args.jobs), "--single", str(args.single),
+               "--samples", str(args.samples)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{column} {row} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_here(args: argparse.Namespace) -> None:
+    """``--measure COLUMN:ROW``: one measurement in this process, its result printed as JSON."""
+    column, _, row = args.measure.partition(":")
+    if row == "pickup":
+        print(json.dumps(pickups(column, args.dsn, args.samples)))
+        return
+    [run] = [run for c, r, run in measures(args, [column]) if (c, r) == (column, row)]
+    print(json.dumps(run(args.dsn)))
+
+
 def main(args: argparse.Namespace) -> None:
     columns = selected(args)
     header(args, columns)
@@ -862,9 +887,9 @@ def main(args: argparse.Namespace) -> None:
     # Round robin, one run of each figure per round: a burst of load elsewhere on the machine
     # then lands on every column alike rather than on one system.
     for _ in range(args.repeat):
-        for column, row, run in runs:
+        for column, row, _run in runs:
             with fresh_database(args.dsn) as dsn:
-                rates.setdefault((column, row), []).append(run(dsn))
+                rates.setdefault((column, row), []).append(isolated(args, column, row, dsn))
             if args.verbose:
                 print(f"  {column} {row}: {rates[(column, row)][-1]:,.0f}", file=sys.stderr)
     results: dict[str, dict[str, Any]] = {column: {} for column in columns}
@@ -873,7 +898,7 @@ def main(args: argparse.Namespace) -> None:
     if args.samples:
         for column in columns:
             with fresh_database(args.dsn) as dsn:
-                results[column]["pickup"] = pickups(column, dsn, args.samples)
+                results[column]["pickup"] = isolated(args, column, "pickup", dsn)
     report(args, results)
     say(f"\n(run took {time.perf_counter() - began:,.0f} s)")
     if args.out:
@@ -900,6 +925,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", help="also write the report to this file")
     parser.add_argument("--note", help="a line to put first in the report")
     parser.add_argument("-v", "--verbose", action="store_true", help="each run's figure")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument(
         "--child", choices=["conveyor", "procrastinate", "pgqueuer", "raw"], help=argparse.SUPPRESS
     )
@@ -916,5 +942,7 @@ if __name__ == "__main__":
         asyncio.run(pgqueuer_child(options.dsn))
     elif options.child == "raw":
         raw_child(options.dsn)
+    elif options.measure:
+        measure_here(options)
     else:
         main(options)
