@@ -40,8 +40,9 @@ from conveyor.store import (
     to_json,
 )
 from conveyor.store._base import add_attempt
+from conveyor.store._serializer import _encode_job as encode_job
 
-__all__ = ["JobTx", "Row", "record_json", "run_now"]
+__all__ = ["JobTx", "Row", "record_fields", "record_json", "run_now"]
 
 T = TypeVar("T")
 
@@ -70,6 +71,13 @@ def record_json(job: JobData) -> str:
         return to_json(job)
     finally:
         job.state, job.processed_at, job.lock_until, job.locked_by, job.lock_token = saved
+
+
+def record_fields(job: JobData) -> dict[str, Any]:
+    """What :func:`record_json` encodes, for a new job (no claim fields to leave out), as a
+    dict to encode with others; it shares the job's JSON values (data...), so encode it and
+    drop it, never keep or change it."""
+    return encode_job(job)  # type: ignore[no-any-return]
 
 
 @attrs.define

@@ -90,7 +90,7 @@ from conveyor.store._validate import (
     validate_new_job,
 )
 
-from .._jobs import JobTx, Row, record_json
+from .._jobs import JobTx, Row, record_fields, record_json
 from ._schema import MIGRATIONS, SCHEMA_VERSION, qualified
 from ._wire import PgConnection, PgPool, Rows
 
@@ -923,28 +923,31 @@ class PgStore(StoreBase):
         one round trip, side by side with every other writer, as claims and completions.
 
         The statements run as one implicit transaction, so the call adds every job or none.
-        Their time is the server's, at the start of that transaction: each record is made
-        here with stand-ins for its times and sent in pieces around them, which the statement
-        fills in. Each chunk of jobs is sent as soon as it is made, so the server inserts one
-        while the next is being serialized. The new jobs' events are packed here and sent by
-        the last statement, which adds their head with the server's time. The queue's row
-        comes after the jobs: every writer locks job rows before queue rows.
+        Their time is the server's, at the start of that transaction. Each chunk of jobs goes
+        as one JSON document: per job, its columns and its record without its times, which
+        the statement appends (the record's text is kept as sent: ``json``, not ``jsonb``).
+        Each chunk is sent as soon as it is made, so the server inserts one while the next is
+        being serialized. The new jobs' events are packed here and sent by the last
+        statement, which adds their head with the server's time. The queue's row comes after
+        the jobs: every writer locks job rows before queue rows.
         """
         insert = self._sql(
             f"""WITH now AS MATERIALIZED (
                 SELECT coalesce(?::float8, extract(epoch FROM now())::float8) AS t),
             clock AS MATERIALIZED (SELECT t, {_iso_sql("t")} AS iso FROM now),
-            v AS (SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::int[], ?::bool[],
-                ?::float8[], ?::text[], ?::text[], ?::text[]) AS v(i, n, l, p, lifo, d, a, b, c)),
+            v AS (SELECT * FROM json_to_recordset(?::json)
+                AS v(i text, n text, l text, p int, f bool, d float8, r json)),
             added AS (
                 INSERT INTO {{jobs}} (queue, id, name, state, lane, priority, seq, created_at,
                     delay_until, record)
                 SELECT ?, v.i, v.n, CASE WHEN v.d IS NULL THEN 'waiting' ELSE 'delayed' END,
-                    v.l, v.p, CASE WHEN v.lifo AND v.d IS NULL THEN -nextval({{seq_name}})
+                    coalesce(v.l, ''), coalesce(v.p, 0),
+                    CASE WHEN v.f AND v.d IS NULL THEN -nextval({{seq_name}})
                         ELSE nextval({{seq_name}}) END,
                     to_timestamp(clock.t), to_timestamp(clock.t + v.d),
-                    (v.a || clock.iso || v.b || coalesce({_iso_sql("clock.t + v.d")}, '')
-                        || v.c)::json
+                    (left(v.r::text, -1) || ',"created_at":' || clock.iso
+                        || coalesce(',"delay_until":' || {_iso_sql("clock.t + v.d")}, '')
+                        || '}}}}')::json
                 FROM v, clock
                 RETURNING id, created_at, delay_until)
             SELECT min(a.created_at), array_agg(a.id) FILTER (WHERE a.delay_until IS NOT NULL),
@@ -971,31 +974,21 @@ class PgStore(StoreBase):
 
         def statements() -> Iterator[tuple[bytes, Sequence[Any]]]:
             for queue, chunk in chunks:
-                columns: tuple[list[Any], ...] = tuple([] for _ in range(9))
-                ids, names, lanes, priorities, lifos, delays, a, b, c = columns
+                rows: list[dict[str, Any]] = []
                 quoted = _ENCODER.encode(queue)
                 for job in chunk:
                     opts = job.opts
-                    job.created_at = _STAMP
+                    row: dict[str, Any] = {"i": job.id, "n": job.name, "r": record_fields(job)}
+                    if job.group_id:
+                        row["l"] = job.group_id
+                    if opts.priority:
+                        row["p"] = opts.priority
+                    if opts.lifo:
+                        row["f"] = True
                     delayed = opts.delay > 0
                     if delayed:
-                        job.delay_until = _LATER
-                    pieces = record_json(job).split(_STAMP_JSON)
-                    if len(pieces) != 2:
-                        raise _NotPlain  # the stand-in's text is in the job's own data
-                    head, tail = pieces
-                    rest = tail.split(_LATER_JSON)
-                    if len(rest) != (2 if delayed else 1):
-                        raise _NotPlain
-                    ids.append(job.id)
-                    names.append(job.name)
-                    lanes.append(job.group_id or "")
-                    priorities.append(opts.priority)
-                    lifos.append(opts.lifo)
-                    delays.append(opts.delay if delayed else None)
-                    a.append(head)
-                    b.append(rest[0])
-                    c.append(rest[1] if delayed else "")
+                        row["d"] = opts.delay
+                    rows.append(row)
                     # (ASCII: one byte a character)
                     item = (
                         f"[{quoted},{_DELAYED_ITEM if delayed else _WAITING_ITEM}"
@@ -1004,9 +997,7 @@ class PgStore(StoreBase):
                     if len(item) + _HEAD_ROOM >= _NOTIFY_LIMIT:
                         raise _NotPlain  # an id too long for a payload: the general way
                     items.append(item)
-                if not any(value is not None for value in delays):
-                    delays.clear()  # unnest pads it with NULLs
-                yield (insert, (at, *columns, queue))
+                yield (insert, (at, _ENCODER.encode(rows), queue))
             yield (
                 self._sql(
                     """WITH fresh AS (INSERT INTO {queues} (name) SELECT unnest(?::text[])
