@@ -286,6 +286,25 @@ async def test_an_add_without_the_schema_lock_stores_what_the_general_one_does(
         assert [job.id for job in await store.fetch_next_jobs("q", "w", 30, 5)] == ["a", "b"]
 
 
+async def test_ids_too_long_for_a_notify_payload_are_added_the_general_way(
+    pg_dsn: str, anyio_backend: str
+) -> None:
+    """A job whose event would not fit in a NOTIFY payload (its id and queue escape to more
+    than 8,000 bytes), here in a bulk add's second chunk, sends the add the general way before
+    anything is sent: the jobs are added, and the store's connection goes on working."""
+    queue = "q-" + "é" * 700
+    long_id = "ü" * 1024
+    async with PgStore(pg_dsn, schema=f"long_ids_{anyio_backend}", max_connections=1) as store:
+        await store.truncate_all()
+        short = [make_job(queue=queue, job_id=f"short-{i}") for i in range(300)]
+        added = await store.save_bulk([*short, make_job(queue=queue, job_id=long_id)])
+        assert [job.id for job in added] == [*(job.id for job in short), long_id]
+        assert all(job.state is JobState.WAITING for job in added)
+        again = await store.save_bulk([make_job(queue=queue, job_id="after")])
+        assert again[0].created_at is not None
+        assert (await store.get_job_counts(queue))[JobState.WAITING] == 302
+
+
 async def test_a_bulk_add_reaches_other_stores_as_one_event_a_job(
     pg_dsn: str, anyio_backend: str
 ) -> None:

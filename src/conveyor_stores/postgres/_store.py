@@ -107,9 +107,6 @@ _STAMP = datetime(1, 1, 1, tzinfo=UTC)
 """A stand-in for the server's time in a record made before the statement that writes it."""
 _STAMP_ISO = _STAMP.isoformat()
 _STAMP_JSON = _ENCODER.encode(_STAMP_ISO)
-_LATER = datetime(1, 1, 2, tzinfo=UTC)
-"""The stand-in for a second server time in one record (a new delayed job's ``delay_until``)."""
-_LATER_JSON = _ENCODER.encode(_LATER.isoformat())
 _WAITING_ITEM = '"waiting",'
 _DELAYED_ITEM = '"delayed",'
 _ADDED_DATA = '{"prev":null}'
@@ -181,8 +178,8 @@ class _Taken(Exception):
 
 
 class _NotPlain(Exception):
-    """A job turned out to need the general way of adding (its own data holds a time
-    stand-in's text, or its event would not fit in a payload)."""
+    """A job turned out to need the general way of adding (its event would not fit in a
+    payload). Raised before anything is sent."""
 
 
 @attrs.frozen
@@ -894,9 +891,7 @@ class PgStore(StoreBase):
                 try:
                     return await self._insert_plain(jobs)
                 except _NotPlain:
-                    for job in jobs:  # back as validation left them
-                        job.created_at = job.delay_until = None
-                        job.state = JobState.WAITING
+                    pass
             return await self._write(lambda tx: self._insert(tx, jobs, flow=flow))
         except _Taken:
             pass
@@ -927,7 +922,7 @@ class PgStore(StoreBase):
         as one JSON document: per job, its columns and its record without its times, which
         the statement appends (the record's text is kept as sent: ``json``, not ``jsonb``).
         Each chunk is sent as soon as it is made, so the server inserts one while the next is
-        being serialized. The new jobs' events are packed here and sent by the last
+        being serialized. The new jobs' events are made here first and sent by the last
         statement, which adds their head with the server's time. The queue's row comes after
         the jobs: every writer locks job rows before queue rows.
         """
@@ -970,12 +965,21 @@ class PgStore(StoreBase):
             for queue in queues
             for start in range(0, len(by_queue[queue]), _INSERT_CHUNK)
         ]
+        # The events first: an id too long for a payload sends the call the general way
+        # before anything is sent. (ASCII: one byte a character.)
         items: list[str] = []
+        for queue, chunk in chunks:
+            quoted = _ENCODER.encode(queue)
+            for job in chunk:
+                state = _DELAYED_ITEM if job.opts.delay > 0 else _WAITING_ITEM
+                item = f"[{quoted},{state}{_ENCODER.encode(job.id)},{_ADDED_DATA}]"
+                if len(item) + _HEAD_ROOM >= _NOTIFY_LIMIT:
+                    raise _NotPlain
+                items.append(item)
 
         def statements() -> Iterator[tuple[bytes, Sequence[Any]]]:
             for queue, chunk in chunks:
                 rows: list[dict[str, Any]] = []
-                quoted = _ENCODER.encode(queue)
                 for job in chunk:
                     opts = job.opts
                     row: dict[str, Any] = {"i": job.id, "n": job.name, "r": record_fields(job)}
@@ -985,18 +989,9 @@ class PgStore(StoreBase):
                         row["p"] = opts.priority
                     if opts.lifo:
                         row["f"] = True
-                    delayed = opts.delay > 0
-                    if delayed:
+                    if opts.delay > 0:
                         row["d"] = opts.delay
                     rows.append(row)
-                    # (ASCII: one byte a character)
-                    item = (
-                        f"[{quoted},{_DELAYED_ITEM if delayed else _WAITING_ITEM}"
-                        f"{_ENCODER.encode(job.id)},{_ADDED_DATA}]"
-                    )
-                    if len(item) + _HEAD_ROOM >= _NOTIFY_LIMIT:
-                        raise _NotPlain  # an id too long for a payload: the general way
-                    items.append(item)
                 yield (insert, (at, _ENCODER.encode(rows), queue))
             yield (
                 self._sql(
