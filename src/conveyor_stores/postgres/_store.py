@@ -98,7 +98,12 @@ __all__ = ["PgStore"]
 
 T = TypeVar("T")
 
-_JOB_COLUMNS = "pk, record, state, processed_at, lock_until, locked_by, lock_token"
+_JOB_COLUMNS = (
+    "pk, record, state, processed_at, lock_until, locked_by, lock_token, created_at, delay_until"
+)
+"""What a read of a job selects. A record need not hold ``created_at`` and ``delay_until``
+(a plain add leaves them out: the record is made before the server's time is known), so every
+read takes them from their columns, which every write keeps."""
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _NOTIFY_LIMIT = 7_900
 """Bytes per NOTIFY payload (PostgreSQL refuses 8,000 and more)."""
@@ -213,6 +218,8 @@ def _load(row: Sequence[Any]) -> Row:
     job.lock_until = row[4]
     job.locked_by = row[5]
     job.lock_token = row[6]
+    job.created_at = row[7]
+    job.delay_until = row[8]
     return Row(row[0], job)
 
 
@@ -919,31 +926,29 @@ class PgStore(StoreBase):
 
         The statements run as one implicit transaction, so the call adds every job or none.
         Their time is the server's, at the start of that transaction. Each chunk of jobs goes
-        as one JSON document: per job, its columns and its record without its times, which
-        the statement appends (the record's text is kept as sent: ``json``, not ``jsonb``).
+        as one JSON document: per job, its columns and its record, stored as sent (``json``,
+        not ``jsonb``: the text is not parsed again). The record leaves out the job's times,
+        which only the server knows: they go in their columns, where every read takes them
+        from (see ``_JOB_COLUMNS``).
         Each chunk is sent as soon as it is made, so the server inserts one while the next is
         being serialized. The new jobs' events are made here first and sent by the last
         statement, which adds their head with the server's time. The queue's row comes after
         the jobs: every writer locks job rows before queue rows.
         """
         insert = self._sql(
-            f"""WITH now AS MATERIALIZED (
+            """WITH now AS MATERIALIZED (
                 SELECT coalesce(?::float8, extract(epoch FROM now())::float8) AS t),
-            clock AS MATERIALIZED (SELECT t, {_iso_sql("t")} AS iso FROM now),
             v AS (SELECT * FROM json_to_recordset(?::json)
                 AS v(i text, n text, l text, p int, f bool, d float8, r json)),
             added AS (
-                INSERT INTO {{jobs}} (queue, id, name, state, lane, priority, seq, created_at,
+                INSERT INTO {jobs} (queue, id, name, state, lane, priority, seq, created_at,
                     delay_until, record)
                 SELECT ?, v.i, v.n, CASE WHEN v.d IS NULL THEN 'waiting' ELSE 'delayed' END,
                     coalesce(v.l, ''), coalesce(v.p, 0),
-                    CASE WHEN v.f AND v.d IS NULL THEN -nextval({{seq_name}})
-                        ELSE nextval({{seq_name}}) END,
-                    to_timestamp(clock.t), to_timestamp(clock.t + v.d),
-                    (left(v.r::text, -1) || ',"created_at":' || clock.iso
-                        || coalesce(',"delay_until":' || {_iso_sql("clock.t + v.d")}, '')
-                        || '}}}}')::json
-                FROM v, clock
+                    CASE WHEN v.f AND v.d IS NULL THEN -nextval({seq_name})
+                        ELSE nextval({seq_name}) END,
+                    to_timestamp(now.t), to_timestamp(now.t + v.d), v.r
+                FROM v, now
                 RETURNING id, created_at, delay_until)
             SELECT min(a.created_at), array_agg(a.id) FILTER (WHERE a.delay_until IS NOT NULL),
                 array_agg(a.delay_until) FILTER (WHERE a.delay_until IS NOT NULL)
@@ -1224,7 +1229,8 @@ class PgStore(StoreBase):
                     version = j.version + 1
                 FROM chosen, numbers, clock WHERE j.pk = ANY(chosen.pks)
                 RETURNING array_position(chosen.pks, j.pk) AS place, j.pk, j.version, j.id,
-                    j.record, j.processed_at, j.lock_until, j.lock_token),
+                    j.record, j.processed_at, j.lock_until, j.lock_token, j.created_at,
+                    j.delay_until),
             ticked AS (
                 UPDATE {{queues}} AS q SET tick = q.tick + n.c, plain_served = q.tick + n.c
                 FROM (SELECT count(*) AS c FROM claimed) AS n WHERE q.name = ? AND n.c > 0),
@@ -1234,7 +1240,7 @@ class PgStore(StoreBase):
                         json_build_object('prev', 'waiting'))::text)) AS sent
                 FROM claimed AS c, clock GROUP BY clock.t)
             SELECT c.place, c.pk, c.version, c.record, c.processed_at, c.lock_until,
-                c.lock_token, clock.t
+                c.lock_token, c.created_at, c.delay_until, clock.t
             FROM claimed AS c CROSS JOIN clock LEFT JOIN told ON told.sent >= 0"""
         )
         args: list[Any] = [None if self._clock is None else self._clock.time(), queue]
@@ -1262,8 +1268,10 @@ class PgStore(StoreBase):
         events: list[StoreEvent] = []
         claimed: list[JobData] = []
         remember: list[tuple[str, _Claim]] = []
-        for _place, pk, version, record, processed, lock_until, token, _t in rows:
+        for _place, pk, version, record, processed, lock_until, token, created, delay, _t in rows:
             job = structure(record, JobData)
+            job.created_at = created
+            job.delay_until = delay
             job.state = JobState.ACTIVE
             job.processed_at = processed
             job.lock_until = lock_until
@@ -1331,13 +1339,16 @@ class PgStore(StoreBase):
                 lock_until = ?, locked_by = ?, lock_token = v.token, version = j.version + 1
             FROM unnest(?::bigint[], ?::bigint[], ?::text[]) WITH ORDINALITY
                 AS v(pk, seq, token, ord)
-            WHERE j.pk = v.pk RETURNING v.ord, j.record, j.pk, j.version""",
+            WHERE j.pk = v.pk
+            RETURNING v.ord, j.record, j.pk, j.version, j.created_at, j.delay_until""",
             (processed, lock_until, worker_id, [pk for pk, _lane in picks], seqs, tokens),
         )
         claimed: list[JobData] = []
         remember: list[tuple[str, _Claim]] = []
-        for ordinal, record, pk, version in sorted(rows, key=lambda row: row[0]):
+        for ordinal, record, pk, version, created, delay in sorted(rows, key=lambda row: row[0]):
             job = structure(record, JobData)
+            job.created_at = created
+            job.delay_until = delay
             job.state = JobState.ACTIVE
             job.processed_at = processed
             job.lock_until = lock_until
