@@ -151,3 +151,53 @@ def test_new_job_ids_are_unique_and_grow_with_time() -> None:
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     stamps = [i[:12] for i in ids]
     assert stamps == sorted(stamps)  # the millisecond prefix never goes back
+
+
+async def test_bulk_adds_share_nothing_with_the_callers_data(store_factory: StoreFactoryT) -> None:
+    """Queue and FlowProducer hand their new records over to the store (no copy is made of
+    them); the data a caller passed in is still copied, so changing it changes nothing."""
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        data: dict[str, list[Any]] = {"list": [1]}
+        [added] = await queue.add_bulk([("work", data, {})])
+        flow = await FlowProducer(store=fx.store).add(
+            FlowJob("parent", "q", data, children=[FlowJob("child", "q", data)])
+        )
+        data["list"].append("caller")
+        for job in (added, flow.job, flow.children[0].job):
+            assert job.data == {"list": [1]}
+            stored = await queue.get_job(job.id)
+            assert stored is not None
+            assert stored.data == {"list": [1]}
+            assert stored.created_at == job.created_at is not None
+
+
+def test_only_handed_over_jobs_are_taken_over() -> None:
+    """check_jobs copies the records of a plain sequence, and takes over those handed over:
+    the same objects, their data checked into a copy and their delay_until in UTC."""
+    from datetime import datetime, timedelta, timezone
+
+    from conveyor.store import JobData
+    from conveyor.store._validate import HandedOver, check_jobs
+
+    data = {"t": (1, 2)}
+    paris = datetime(2030, 1, 1, 12, tzinfo=timezone(timedelta(hours=1)))
+
+    def fresh() -> JobData:
+        return JobData(id="a", queue_name="q", name="n", data=data, delay_until=paris)
+
+    plain = fresh()
+    [copy] = check_jobs([plain])
+    assert copy is not plain
+    assert plain.data is data
+    assert plain.delay_until is paris
+    handed = fresh()
+    [taken] = check_jobs(HandedOver([handed]))
+    assert taken is handed
+    for job in (copy, taken):
+        assert job.data == {"t": [1, 2]}
+        assert job.data is not data
+        assert job.delay_until == paris
+        assert job.delay_until.utcoffset() == timedelta(0)
+    with pytest.raises(conveyor.InvalidArgumentError, match=r"jobs\[1\]\.id"):
+        check_jobs(HandedOver([fresh(), fresh()]))

@@ -17,6 +17,7 @@ from .store import (
     Store,
     check_name,
 )
+from .store._validate import HandedOver
 
 __all__ = ["FlowJob", "FlowProducer", "FlowResult"]
 
@@ -87,7 +88,7 @@ class FlowProducer:
 
     async def add_bulk(self, flows: Sequence[FlowJob]) -> list[FlowResult]:
         """Add several flows in one transaction."""
-        records: list[JobData] = []
+        records = HandedOver()  # made here and never touched again: the store takes them over
         shapes = [self._flatten(flow, None, records, "flow") for flow in flows]
         saved = await self.store.save_flow(records)
         return [self._result(shape, saved) for shape in shapes]

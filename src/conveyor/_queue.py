@@ -38,6 +38,7 @@ from .store import (
     check_name,
 )
 from .store._models import NO_OPTIONS
+from .store._validate import HandedOver
 
 __all__ = ["JobOptionsDict", "Queue", "build_job"]
 
@@ -291,7 +292,7 @@ class Queue:
         """
         if isinstance(jobs, str | bytes) or not isinstance(jobs, Sequence):
             raise ArgumentTypeError("jobs", "expected a sequence of (name, data, options)")
-        records = []
+        records = HandedOver()  # made here and never touched again: the store takes them over
         ids = new_job_ids(len(jobs))
         for i, item in enumerate(jobs):
             if not isinstance(item, tuple) or len(item) != 3 or not isinstance(item[2], Mapping):

@@ -34,6 +34,7 @@ from ._models import (
 
 __all__ = [
     "UPDATABLE_FIELDS",
+    "HandedOver",
     "check_fetch",
     "check_metrics_query",
     "check_outcomes",
@@ -51,12 +52,38 @@ UPDATABLE_FIELDS = frozenset(
 )  # fmt: skip
 
 
+class HandedOver(list[JobData]):
+    """New jobs a producer hands to a store and will not touch again, made as
+    ``conveyor._queue.build_job`` makes them (nothing a run writes is set, and the producer
+    keeps no reference to them): :func:`check_jobs` takes them over, checked, instead of
+    copying them. Only conveyor's own producers (``Queue``, ``FlowProducer``) make one; a
+    plain list is always copied."""
+
+
 def validate_new_job(job: object, argument: str = "job") -> JobData:
     """Check a job handed to ``save_job`` and friends; return a clean copy of it.
 
     The copy keeps what the caller may set (id, queue, name, data, opts, ``delay_until``,
     parent link, deduplication key) and resets everything a run writes.
     """
+    job, data, delay_until = _check_new_job(job, argument)
+    return JobData(
+        id=job.id,
+        queue_name=job.queue_name,
+        name=job.name,
+        data=data,
+        opts=job.opts,
+        delay_until=delay_until,
+        parent_id=job.parent_id,
+        parent_queue_name=job.parent_queue_name,
+        deduplication_key=job.deduplication_key,
+        repeat_run=job.repeat_run,
+    )
+
+
+def _check_new_job(job: object, argument: str) -> tuple[JobData, Any, datetime | None]:
+    """The checks of :func:`validate_new_job`; the job, a checked copy of its data and its
+    ``delay_until`` in UTC."""
     if not isinstance(job, JobData):
         raise ArgumentTypeError(argument, f"expected JobData, got {type(job).__name__}")
     check_name(job.id, f"{argument}.id")
@@ -81,27 +108,29 @@ def validate_new_job(job: object, argument: str = "job") -> JobData:
     if job.parent_id is not None:
         check_name(job.parent_id, f"{argument}.parent_id")
         check_name(job.parent_queue_name, f"{argument}.parent_queue_name")
-    return JobData(
-        id=job.id,
-        queue_name=job.queue_name,
-        name=job.name,
-        data=data,
-        opts=job.opts,
-        delay_until=delay_until,
-        parent_id=job.parent_id,
-        parent_queue_name=job.parent_queue_name,
-        deduplication_key=job.deduplication_key,
-        repeat_run=job.repeat_run,
-    )
+    return job, data, delay_until
 
 
 def check_jobs(jobs: object, argument: str = "jobs") -> list[JobData]:
-    """Validate a sequence of new jobs; refuse two jobs with one id in one queue."""
+    """Validate a sequence of new jobs; refuse two jobs with one id in one queue. Returns
+    clean copies, as :func:`validate_new_job` makes them, except for jobs handed over
+    (:class:`HandedOver`): those are returned themselves, with their data checked (a copy:
+    the producer's caller may still hold it) and ``delay_until`` in UTC. That spares a bulk
+    add a second record and four lists per job, which cost more than the rest of the check
+    (and the garbage collector's time on top)."""
     if isinstance(jobs, str | bytes) or not isinstance(jobs, Sequence):
         raise ArgumentTypeError(
             argument, f"expected a sequence of JobData, got {type(jobs).__name__}"
         )
-    clean = [validate_new_job(job, f"{argument}[{i}]") for i, job in enumerate(jobs)]
+    if type(jobs) is HandedOver:
+        clean = []
+        for i, job in enumerate(jobs):
+            taken, data, delay_until = _check_new_job(job, f"{argument}[{i}]")
+            taken.data = data
+            taken.delay_until = delay_until
+            clean.append(taken)
+    else:
+        clean = [validate_new_job(job, f"{argument}[{i}]") for i, job in enumerate(jobs)]
     seen: set[tuple[str, str]] = set()
     for i, job in enumerate(clean):
         key = (job.queue_name, job.id)
