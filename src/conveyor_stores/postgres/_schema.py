@@ -21,6 +21,10 @@ Tables (the same shape as the SQLite store's; see ``conveyor_stores/sqlite/_sche
   completions run side by side without the schema's write lock, so they cannot take numbers
   from a counter row that every writer would then wait on; a sequence hands them out without
   locking. (The queue row's ``seq`` column is no longer used.)
+* Version 3 changes no table: it marks that a record may leave out ``created_at`` and
+  ``delay_until``, which every read takes from their columns (a plain add writes them there
+  only, with the server's time). A conveyor that predates it refuses the schema at connect
+  rather than read those jobs' times as missing.
 """
 
 from __future__ import annotations
@@ -176,6 +180,13 @@ END
 $fn$;
 """
 
+_V3 = """
+COMMENT ON COLUMN {jobs}.record IS 'The job as conveyor''s JSON, less the fields kept in columns:
+the claim (processed_at, lock_until, locked_by, lock_token) and, since schema version 3, its
+times created_at and delay_until, which a record may leave out: every read takes them from
+their columns.';
+"""
+
 MIGRATIONS: list[tuple[str, Callable[[dict[str, str]], list[str]]]] = [
     (
         "jobs, lanes, queues, pauses, rate windows, metrics",
@@ -185,6 +196,11 @@ MIGRATIONS: list[tuple[str, Callable[[dict[str, str]], list[str]]]] = [
         "one sequence for every seq, so that claims and completions need no counter row; "
         "events sent from inside a statement",
         lambda names: [_V2.format(**names)],
+    ),
+    (
+        "records may leave out created_at and delay_until (a plain add writes them only in "
+        "their columns); a conveyor older than this version would read them as missing",
+        lambda names: [_V3.format(**names)],
     ),
 ]
 """Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``: the statements
