@@ -288,6 +288,62 @@ async def test_cancel_a_running_job(store_factory: StoreFactoryT) -> None:
         assert (await job.refresh()).attempts_made == 1
 
 
+async def test_a_slot_goes_on_after_its_job_is_cancelled(store_factory: StoreFactoryT) -> None:
+    """Jobs run in their slot task's cancel scope; cancelling one job ends that scope, and the
+    slot's next jobs run in a new one."""
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        started = anyio.Event()
+
+        async def work(job: Job) -> str:
+            if job.name == "forever":
+                started.set()
+                await anyio.sleep_forever()
+            if job.name == "stubborn":  # swallows the cancellation: the scope stays cancelled
+                started.set()
+                with contextlib.suppress(anyio.get_cancelled_exc_class()):
+                    await anyio.sleep_forever()
+                return "swallowed"
+            await anyio.lowlevel.checkpoint()  # would raise in a cancelled scope
+            return f"done {job.data}"
+
+        for name in ("forever", "stubborn"):
+            started = anyio.Event()
+            stuck = await queue.add(name)
+            async with open_worker("q", work, store=fx.store, concurrency=1, **FAST):
+                with anyio.fail_after(10):
+                    await started.wait()
+                later = [await queue.add("quick", n) for n in range(3)]
+                await stuck.cancel()
+                if name == "forever":
+                    with pytest.raises(JobCancelledError):
+                        await stuck.wait_until_finished(timeout=10)
+                for n, job in enumerate(later):
+                    assert await job.wait_until_finished(timeout=10) == f"done {n}"
+
+
+async def test_a_worker_cancelled_from_outside_gives_its_jobs_back(
+    store_factory: StoreFactoryT,
+) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        started = anyio.Event()
+
+        async def forever(job: Job) -> None:
+            started.set()
+            await anyio.sleep_forever()
+
+        job = await queue.add("forever")
+        with anyio.CancelScope() as outer:
+            async with open_worker("q", forever, store=fx.store, **FAST):
+                with anyio.fail_after(10):
+                    await started.wait()
+                outer.cancel()
+                await anyio.sleep_forever()
+        released = await job.refresh()
+        assert (released.state, released.attempts_made) == (JobState.WAITING, 0)
+
+
 async def test_cancel_a_waiting_job(store_factory: StoreFactoryT) -> None:
     async with store_factory() as fx:
         job = await Queue("q", store=fx.store).add("later", delay=60)

@@ -129,23 +129,29 @@ class _Running:
     stop: _Stop | None = None
 
     def cancel(self, why: _Stop) -> None:
-        """Stop this job. A batch's scope is cancelled once every job in it is stopped (or at
-        shutdown); until then the batch goes on for the others."""
+        """Stop this job. A batch is stopped once every job in it is (or at shutdown); until
+        then the batch goes on for the others. A unit that has not started yet never will."""
         if self.stop is None:
             self.stop = why
         unit = self.unit
-        if unit is not None and (
-            why is _Stop.SHUTDOWN or all(entry.stop is not None for entry in unit.entries)
-        ):
+        if unit is not None and unit.scope is not None and unit.stopped:
             unit.scope.cancel()
 
 
 @attrs.define(eq=False)
 class _Unit:
-    """What one task runs under one cancel scope: a job, or a batch of jobs."""
+    """What one slot task runs at a time: a job, or a batch of jobs."""
 
     entries: list[_Running]
-    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    scope: anyio.CancelScope | None = None
+    """The cancel scope of the slot task while it runs this unit's processor, else None:
+    cancelling it stops this unit and nothing else (see ``Worker._run_slot``)."""
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped from outside: at shutdown, or once every job of it is."""
+        stops = [entry.stop for entry in self.entries]
+        return _Stop.SHUTDOWN in stops or None not in stops
 
 
 @attrs.define(eq=False)
@@ -268,7 +274,10 @@ class Worker:
         """Units whose processor is done and whose outcome is not written yet."""
         self._running: dict[str, _Running] = {}
         self._ready: deque[_Unit] = deque()
-        self._work = anyio.Event()
+        self._idle_slots: deque[anyio.Event] = deque()
+        """One event per slot task waiting for a unit (see ``_signal_work``)."""
+        self._waking = 0
+        """Slot tasks woken for a unit that have not run yet."""
         self._flush = _Flush()
         self._outcomes_ready = anyio.Event()
         self._completer_alive = True
@@ -374,20 +383,55 @@ class Worker:
         return units < self._concurrency and units + self._writing < 2 * self._concurrency
 
     def _signal_work(self) -> None:
-        self._work.set()
-        self._work = anyio.Event()
+        """See that a slot task comes for the units ready to run (every idle one when closing).
+
+        One slot at a time is woken: the slot that takes a unit wakes the next while units
+        remain (``_run_slot``). A job that awaits something has the next slot on its way at
+        once; jobs that finish without waiting are run one after another by the slot already
+        running, instead of waking a slot each for nothing (a task step per job, a tenth of
+        a no-op job's cost on asyncio).
+        """
+        idle = self._idle_slots
+        if self._closing:
+            self._waking += len(idle)
+            while idle:
+                idle.popleft().set()
+        elif self._ready and not self._waking and idle:
+            self._waking += 1
+            idle.popleft().set()
 
     async def _run_slot(self) -> None:
-        """One of ``concurrency`` slot tasks: runs claimed units one after another, each in
-        its own cancel scope. (A task per job costs ~20 us to spawn under AnyIO, a third of a
-        no-op job's cost; bench/worker_drain.py.)"""
-        while True:
-            if self._closing:
-                return  # queued units are handed back by the fetcher, running ones finish
-            if self._ready:
-                await self._run_unit(self._ready.popleft())
-            else:
-                await self._work.wait()
+        """One of the slot tasks: runs claimed units one after another (a task per job costs
+        ~20 us to spawn under AnyIO, a third of a no-op job's cost; bench/worker_drain.py).
+
+        The units run in one cancel scope, the slot's, made anew only after a unit was stopped
+        from outside (cancelled, its lock lost, the shutdown): a scope per job cost a no-op
+        job a quarter of the worker's time on MemoryStore. A unit holds the scope
+        (``_Unit.scope``) only while its processor runs, so cancelling it can stop no other.
+        """
+        while not self._closing:
+            scope = anyio.CancelScope()
+            unit: _Unit | None = None
+            try:
+                with scope:
+                    while not scope.cancel_called:
+                        if self._closing:
+                            return  # queued units are handed back by the fetcher
+                        if not self._ready:
+                            # (a slot woken for a unit another took first just waits again)
+                            woken = anyio.Event()
+                            self._idle_slots.append(woken)
+                            await woken.wait()
+                            self._waking -= 1
+                            continue
+                        unit = self._ready.popleft()
+                        self._signal_work()  # the next slot, for the units left
+                        outcomes = await self._attempt(unit, scope)
+                        ended, unit = unit, None
+                        await self._settle(ended, outcomes)
+            finally:
+                if unit is not None:  # stopped while its processor ran (also from outside
+                    await self._settle(unit, None)  # the worker: its jobs are given back)
 
     async def _release_ready(self) -> None:
         while self._ready:
@@ -453,25 +497,35 @@ class Worker:
 
     # -- one unit: a job, or a batch --------------------------------------------------------------
 
-    async def _run_unit(self, unit: _Unit) -> None:
-        outcomes: list[JobOutcome | None] | None = None
+    async def _attempt(
+        self, unit: _Unit, scope: anyio.CancelScope
+    ) -> list[JobOutcome | None] | None:
+        """Run a unit's processor in the slot's ``scope``: its outcomes, or None when it was
+        stopped before it started. A stop while it runs cancels ``scope``, and the
+        cancellation leaves through here."""
+        if unit.stopped:
+            return None
+        unit.scope = scope
         try:
-            with unit.scope:
-                outcomes = await self._process(unit)
+            return await self._process(unit)
         except Exception as exc:  # the processor raised or timed out
-            outcomes = [await self._failure(entry.job, exc) for entry in unit.entries]
+            unit.scope = None
+            return [await self._failure(entry.job, exc) for entry in unit.entries]
         finally:
-            # The processor is done: its slot can be claimed for while the outcome is written
-            # (the claim and the write overlap; the jobs still hold their locks until then).
-            self._units -= 1
-            self._writing += 1
-            self._wake()
-            if not self._hand_over(unit, outcomes):
-                # Shielded, so a cancellation never loses a computed result. (Bounded all the
-                # same: each write gives up after _WRITE_TIMEOUT, see _finish.)
-                with anyio.CancelScope(shield=True):
-                    await self._record(unit, outcomes)
-                self._forget(unit)
+            unit.scope = None
+
+    async def _settle(self, unit: _Unit, outcomes: list[JobOutcome | None] | None) -> None:
+        # The processor is done: its slot can be claimed for while the outcome is written
+        # (the claim and the write overlap; the jobs still hold their locks until then).
+        self._units -= 1
+        self._writing += 1
+        self._wake()
+        if not self._hand_over(unit, outcomes):
+            # Shielded, so a cancellation never loses a computed result. (Bounded all the
+            # same: each write gives up after _WRITE_TIMEOUT, see _finish.)
+            with anyio.CancelScope(shield=True):
+                await self._record(unit, outcomes)
+            self._forget(unit)
 
     def _hand_over(self, unit: _Unit, outcomes: list[JobOutcome | None] | None) -> bool:
         """Leave the unit's outcomes to the completer, which writes them with those of every
