@@ -16,7 +16,15 @@ import pytest
 from psycopg import sql
 
 from conveyor import GroupLimits, Job, Queue, open_worker, store_from_url
-from conveyor.store import Group, JobOutcome, JobState, MetricKind, StoreError, StoreEvent
+from conveyor.store import (
+    WAKE_EVENTS,
+    Group,
+    JobOutcome,
+    JobState,
+    MetricKind,
+    StoreError,
+    StoreEvent,
+)
 from conveyor.testing import make_job
 from conveyor_stores.postgres import PgStore
 from conveyor_stores.postgres._schema import SCHEMA_VERSION
@@ -148,6 +156,69 @@ async def test_other_stores_events_arrive_through_listen(pg_dsn: str, anyio_back
         ]
         # NOTIFY payloads stay under 8,000 bytes: an event too big to fit comes without its data
         assert seen[-1].data == {"truncated": True}
+
+
+async def test_a_process_of_workers_hears_only_wake_ups(pg_dsn: str, anyio_backend: str) -> None:
+    """Claims and completions notify on a channel of their own: a store whose subscribers take
+    only wake-ups (as a worker's does) does not listen to it, so it hears other processes' new
+    jobs but not each of their claims and completions. A subscriber that wants every event
+    has the store listen to both channels, and sees the events in order."""
+    schema = f"wake_ups_{anyio_backend}"
+    async with (
+        PgStore(pg_dsn, schema=schema) as listener,
+        PgStore(pg_dsn, schema=schema) as producer,
+    ):
+        woken: list[StoreEvent] = []
+        second = anyio.Event()
+
+        @attrs.define
+        class WakeUps:
+            event_types: frozenset[str] = WAKE_EVENTS
+
+            def __call__(self, event: StoreEvent) -> None:
+                woken.append(event)
+                if event.job_id == "b":
+                    second.set()
+
+        listener.subscribe("q", WakeUps())
+        assert listener._listener is not None
+        await anyio.to_thread.run_sync(listener._listener.wait_ready, 10.0)
+        await producer.save_job(make_job(job_id="a"))
+        [job] = await producer.fetch_next_jobs("q", "w", 30, 1)
+        await producer.finish_jobs([JobOutcome.completed(job, None)])
+        await producer.save_job(make_job(job_id="b"))
+        with anyio.fail_after(10):
+            await second.wait()
+        assert [(e.type, e.job_id) for e in woken] == [("waiting", "a"), ("waiting", "b")]
+
+        seen, arrived = await _listen(listener, lambda seen: seen[-1].type == "completed")
+        await producer.save_job(make_job(job_id="c", priority=-1))
+        [job] = await producer.fetch_next_jobs("q", "w", 30, 1)
+        await producer.finish_jobs([JobOutcome.completed(job, None)])
+        with anyio.fail_after(10):
+            await arrived.wait()
+        assert [(e.type, e.job_id) for e in seen] == [
+            ("waiting", "c"),
+            ("active", "c"),
+            ("completed", "c"),
+        ]
+
+
+async def test_a_schema_name_of_63_bytes_has_its_events(pg_dsn: str, anyio_backend: str) -> None:
+    """NOTIFY channel names are at most 63 bytes; the store's are, whatever its schema name."""
+    schema = ("é" if anyio_backend == "asyncio" else "ü") * 31 + "x"
+    async with PgStore(pg_dsn, schema=schema) as listener, PgStore(pg_dsn, schema=schema) as other:
+        seen, arrived = await _listen(listener, lambda seen: seen[-1].type == "completed")
+        await other.save_job(make_job(job_id="a"))
+        [job] = await other.fetch_next_jobs("q", "w", 30, 1)
+        await other.finish_jobs([JobOutcome.completed(job, None)])
+        with anyio.fail_after(10):
+            await arrived.wait()
+        assert [(e.type, e.job_id) for e in seen] == [
+            ("waiting", "a"),
+            ("active", "a"),
+            ("completed", "a"),
+        ]
 
 
 async def test_claims_and_completions_side_by_side_run_each_job_once(

@@ -50,6 +50,7 @@ from ._events import EventBus
 from ._job import Job
 from ._schedules import next_run, run_record, save_run
 from .store import (
+    WAKE_EVENTS,
     ArgumentTypeError,
     Backoff,
     BackoffType,
@@ -848,9 +849,7 @@ class _StoreEvents:
     job the worker runs)."""
 
     worker: Worker
-    event_types: frozenset[str] = frozenset(
-        {EventType.WAITING, EventType.RESUMED, EventType.DELAYED, EventType.CANCEL_REQUESTED}
-    )
+    event_types: frozenset[str] = WAKE_EVENTS
 
     def __call__(self, event: StoreEvent) -> None:
         self.worker._on_store_event(event)

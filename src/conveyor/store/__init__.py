@@ -27,6 +27,7 @@ from ._json import check_json as check_json
 from ._json import copy_json as copy_json
 from ._models import ALL_JOB_NAMES as ALL_JOB_NAMES
 from ._models import TERMINAL_STATES as TERMINAL_STATES
+from ._models import WAKE_EVENTS as WAKE_EVENTS
 from ._models import AttemptRecord as AttemptRecord
 from ._models import Backoff as Backoff
 from ._models import BackoffType as BackoffType

@@ -48,6 +48,7 @@ __all__ = [
     "RepeatRun",
     "StoreEvent",
     "TERMINAL_STATES",
+    "WAKE_EVENTS",
 ]
 
 ALL_JOB_NAMES: Final = "__all__"
@@ -137,6 +138,15 @@ class EventType(enum.StrEnum):
     DRAINED = "drained"
     CLEANED = "cleaned"
     OBLITERATED = "obliterated"
+
+
+WAKE_EVENTS: Final = frozenset(
+    {EventType.WAITING, EventType.DELAYED, EventType.RESUMED, EventType.CANCEL_REQUESTED}
+)
+"""The events a worker acts on: work to claim, a delayed job to promote, a running job to
+cancel. A worker's subscription takes only these (``event_types``), so a store may carry them
+apart from the others: a process that only runs workers is then not woken by the ``active``
+and ``completed`` events of every job its workers, and every other process's, run."""
 
 
 class OutcomeKind(enum.StrEnum):

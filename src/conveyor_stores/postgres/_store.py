@@ -30,9 +30,12 @@ How it runs:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import re
 import select
+import socket
 import threading
 import urllib.parse
 import uuid
@@ -52,6 +55,7 @@ from psycopg import sql
 from conveyor.store import (
     ALL_JOB_NAMES,
     TERMINAL_STATES,
+    WAKE_EVENTS,
     Clock,
     DuplicateJobError,
     Duration,
@@ -174,6 +178,28 @@ def _plain_new(job: JobData) -> bool:
     )
 
 
+def _channel_name(prefix: str, schema: str) -> str:
+    """A ``NOTIFY`` channel of the schema, within PostgreSQL's 63 bytes for a name: a schema
+    name too long for that goes by a digest of it."""
+    name = prefix + schema
+    if len(name.encode()) > 63:
+        name = prefix + hashlib.sha256(schema.encode()).hexdigest()[:40]
+    return name
+
+
+def _runs(rows: list[tuple[Any, ...]], wake: str, other: str) -> list[tuple[str, list[str]]]:
+    """A transaction's events ``(queue, type, job_id, data(, at))`` as NOTIFY items, in runs
+    by channel: wake-ups (:data:`WAKE_EVENTS`) on ``wake``, the others on ``other``. Sent run
+    after run, they arrive in order at a process listening to both."""
+    runs: list[tuple[str, list[str]]] = []
+    for row in rows:
+        channel = wake if row[1] in WAKE_EVENTS else other
+        if not runs or runs[-1][0] != channel:
+            runs.append((channel, []))
+        runs[-1][1].append(_event_item(row))
+    return runs
+
+
 def _dt(value: float | None) -> datetime | None:
     return None if value is None else from_timestamp(value)
 
@@ -278,12 +304,11 @@ class _Tx(JobTx):
                     (queue, kind, minute - store._metrics_minutes),
                 )
             )
-        if self.rows:  # packed into payloads by conveyor_notify, as the one-statement writes do
+        # Packed into payloads by conveyor_notify, as the one-statement writes do.
+        head = self.notify_head() if self.rows else ""
+        for channel, items in _runs(self.rows, store._wake_channel, store._event_channel):
             statements.append(
-                (
-                    store._sql("SELECT {notify_fn}(?, ?, ?::text[])"),
-                    (store._channel, self.notify_head(), [_event_item(row) for row in self.rows]),
-                )
+                (store._sql("SELECT {notify_fn}(?, ?, ?::text[])"), (channel, head, items))
             )
         statements.append((b"COMMIT", ()))
         await self.conn.pipeline(statements)
@@ -473,50 +498,78 @@ class _Tx(JobTx):
 
 
 class _Listener:
-    """A thread holding a ``LISTEN`` connection; hands other processes' events to the loop."""
+    """A thread holding a ``LISTEN`` connection; hands other processes' events to the loop.
+
+    It always listens to the wake-up channel, and to the channel of every other event once
+    told to (:meth:`listen_to_everything`): a process that only runs workers is then not
+    woken by each claim and completion.
+    """
 
     def __init__(
         self,
         conninfo: str,
-        channel: str,
+        channels: tuple[str, str],
         origin: str,
         token: anyio.lowlevel.EventLoopToken,
         deliver: Callable[[list[StoreEvent]], None],
+        *,
+        everything: bool,
     ) -> None:
         self._conninfo = conninfo
-        self._channel = channel
+        self._wake_channel, self._event_channel = channels
+        self._everything = everything
         self._origin = origin
         self._token = token
         self._deliver = deliver
         self._own = f'{{"o":{json.dumps(origin)},'
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._poke, self._poked = socket.socketpair()
+        self._poked.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="conveyor-pg-listen", daemon=True)
         self._thread.start()
 
     @property
     def ready(self) -> bool:
-        """Listening (or, after a failure, retrying)."""
+        """Listening to every channel wanted (or, after a failure, retrying)."""
         return self._ready.is_set()
 
     def wait_ready(self, timeout: float) -> None:
         self._ready.wait(timeout)
+
+    def listen_to_everything(self) -> None:
+        """Listen to every event from now on, not only wake-ups (``ready`` once it does)."""
+        if not self._everything:
+            self._everything = True
+            self._ready.clear()
+            self._poke.send(b"!")
 
     def _run(self) -> None:
         backoff = 0.05
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10) as conn:
-                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-                    self._ready.set()
+                    # (notifications that arrive during a LISTEN statement go through psycopg)
+                    conn.add_notify_handler(lambda notify: self._handle(notify.payload))
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._wake_channel)))
+                    everything = False
                     backoff = 0.05
-                    # libpq directly: every claim and completion of this store notifies, so
-                    # this loop runs as often as they do, beside the event loop's thread.
+                    # libpq directly: this loop runs as often as notifications come, beside
+                    # the event loop's thread.
                     pgconn = conn.pgconn
                     encoding = conn.info.encoding
                     while not self._stop.is_set():
-                        readable, _, _ = select.select([pgconn.socket], [], [], 0.1)
-                        if not readable:
+                        if self._everything and not everything:
+                            channel = sql.Identifier(self._event_channel)
+                            conn.execute(sql.SQL("LISTEN {}").format(channel))
+                            everything = True
+                        self._ready.set()
+                        poked = self._poked.fileno()
+                        readable, _, _ = select.select([pgconn.socket, poked], [], [], 0.1)
+                        if poked in readable:
+                            with contextlib.suppress(BlockingIOError):
+                                self._poked.recv(64)
+                        if pgconn.socket not in readable:
                             continue
                         pgconn.consume_input()
                         while (notify := pgconn.notifies()) is not None:
@@ -552,7 +605,10 @@ class _Listener:
 
     def stop(self) -> None:
         self._stop.set()
+        self._poke.send(b"!")
         self._thread.join()
+        self._poke.close()
+        self._poked.close()
 
 
 class PgStore(StoreBase):
@@ -621,7 +677,13 @@ class PgStore(StoreBase):
         self._conninfo = conninfo
         self._schema = schema
         self._names = qualified(schema)
-        self._channel = f"conveyor:{schema}"[:63]
+        self._wake_channel = _channel_name("conveyor:", schema)
+        """The ``NOTIFY`` channel of wake-ups (:data:`WAKE_EVENTS`: new jobs, resumed queues,
+        cancel requests), which every listening process takes."""
+        self._event_channel = _channel_name("conveyor+:", schema)
+        """The channel of every other event (``active``, ``completed``...), taken only by a
+        process with a subscriber that wants more than wake-ups: a process that only runs
+        workers is not woken by every claim and completion of every worker."""
         self._clock = clock
         self._listen = listen
         retention = parse_duration(metrics_retention, "metrics_retention", allow_zero=False)
@@ -1006,7 +1068,7 @@ class PgStore(StoreBase):
                 ),
                 (queues, queues),
             )
-            yield (notify, (self._channel, self._origin, at, _pack(items)))
+            yield (notify, (self._wake_channel, self._origin, at, _pack(items)))
 
         try:
             results = await self._with_connection(lambda conn: conn.pipeline(statements()))
@@ -1088,7 +1150,7 @@ class PgStore(StoreBase):
                 for column in columns[7:12]:
                     if not any(value is not None for value in column):
                         column.clear()
-                yield (insert, (created, *columns, self._channel, head))
+                yield (insert, (created, *columns, self._wake_channel, head))
 
         # A plain insert (ON CONFLICT costs a fifth more): an id already taken in its queue
         # fails it, and the whole call rolls back (see _add).
@@ -1247,7 +1309,7 @@ class PgStore(StoreBase):
         if fetch.job_name is not None:
             args.append(fetch.job_name)
         args += [ALL_JOB_NAMES, queue, limit, duration, worker_id, worker_id]
-        args += [queue, self._channel, self._origin, queue]
+        args += [queue, self._event_channel, self._origin, queue]
         # (the gate also has the claim planned once, generically: its plan reaches the rows
         # through the primary key whatever the parameters, and planning it anew for each
         # claim, as PostgreSQL otherwise chooses to, cost as much as running it)
@@ -1571,7 +1633,7 @@ class PgStore(StoreBase):
                                 *parts,
                                 items,
                                 pks,  # (again: the plan reaches the rows by primary key)
-                                self._channel,
+                                self._event_channel,
                                 self._origin,
                             ),
                         ),
@@ -1994,8 +2056,24 @@ class PgStore(StoreBase):
     def _start_listening(self) -> None:
         if self._listener is None and self._listen and self._token is not None:
             self._listener = _Listener(
-                self._conninfo, self._channel, self._origin, self._token, self._deliver_foreign
+                self._conninfo,
+                (self._wake_channel, self._event_channel),
+                self._origin,
+                self._token,
+                self._deliver_foreign,
+                everything=self._wants_everything(),
             )
+        elif self._listener is not None and self._wants_everything():
+            self._listener.listen_to_everything()
+
+    def _wants_everything(self) -> bool:
+        """Whether a subscriber takes more than wake-ups (a worker's takes only those)."""
+        for callbacks in self._subscribers.values():
+            for callback in callbacks:
+                types = getattr(callback, "event_types", None)
+                if types is None or not WAKE_EVENTS.issuperset(types):
+                    return True
+        return False
 
     def _subscribed(self) -> None:
         if self._lifecycle is Lifecycle.CONNECTED:
