@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import anyio
 import psycopg
+import psycopg.types.json
 import pytest
 from psycopg.types.json import Jsonb
 
@@ -28,6 +30,33 @@ async def test_parameters_and_results_round_trip(pg_dsn: str, anyio_backend: str
         assert await conn.execute(b"CREATE TEMP TABLE t (x int)") == []
         assert await conn.execute(b"SELECT x FROM t") == []
     finally:
+        conn.close()
+
+
+async def test_json_values_read_as_json_loads_reads_them(pg_dsn: str, anyio_backend: str) -> None:
+    """``json`` keeps its text as written: values with space around them, inside them, or
+    numbers ``jsonb`` would change all read as ``json.loads`` reads their text; and psycopg's
+    global loaders, which an application may change, are not the connection's."""
+    texts = [
+        '{"a":[1,2.5,"x"],"b":null}',
+        '  {"spaced" : [ 1 , 2 ] }  ',
+        '{"big":1e300,"tiny":5e-324,"int":123456789012345678901234567890}',
+        '"ünïcødé \\u00e9 \\"quoted\\""',
+        "[]",
+        "7",
+    ]
+    psycopg.types.json.set_json_loads(lambda _text: "changed globally")
+    conn = await PgConnection.connect(pg_dsn)
+    try:
+        rows = await conn.execute(
+            b"SELECT t::json FROM unnest($1::text[]) WITH ORDINALITY AS v(t, n) ORDER BY n",
+            (texts,),
+        )
+        assert [row[0] for row in rows] == [json.loads(text) for text in texts]
+        with pytest.raises(psycopg.DataError):
+            await conn.execute(b"SELECT 'nope'::json")
+    finally:
+        psycopg.types.json.set_json_loads(json.loads)
         conn.close()
 
 
