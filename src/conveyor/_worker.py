@@ -4,14 +4,15 @@
 
     open_worker ─┬─ event listener  (a store subscription) store events -> wake-ups, cancels
                  └─ task group ─┬─ lock renewer   extends running jobs' locks; a lost lock or
-                                │                 a cancel request cancels that job's scope
+                                │                 a cancel request stops that job
                                 ├─ stall sweeper  takes back jobs whose lock expired anywhere
                                 ├─ promoter       moves due delayed jobs to waiting
                                 ├─ completer      writes the outcomes of jobs finishing together
                                 │                 in one finish_jobs call
-                                └─ fetcher ── slot tasks (``concurrency`` of them), each running
-                                                  one job (or batch) at a time in that job's
-                                                  own CancelScope (timeout: fail_after)
+                                └─ fetcher ── slot tasks (2 x ``concurrency``), each running
+                                                  one job (or batch) at a time in the slot's
+                                                  CancelScope, which only the job running in
+                                                  it may cancel (timeout: fail_after)
 
 Shutdown, when the ``async with`` block is left:
 
