@@ -158,6 +158,20 @@ async def test_other_stores_events_arrive_through_listen(pg_dsn: str, anyio_back
         assert seen[-1].data == {"truncated": True}
 
 
+async def _run_one(producer: PgStore, job_id: str, arrived: anyio.Event, **opts: Any) -> None:
+    """Add job ``job_id`` to queue ``q`` of ``producer``, claim it and complete it, then wait
+    for ``arrived`` (another store's subscriber saw what it waits for)."""
+    await producer.save_job(make_job(job_id=job_id, **opts))
+    [job] = await producer.fetch_next_jobs("q", "w", 30, 1)
+    await producer.finish_jobs([JobOutcome.completed(job, None)])
+    with anyio.fail_after(10):
+        await arrived.wait()
+
+
+def _lifecycle(events: list[StoreEvent]) -> list[tuple[str, str | None]]:
+    return [(event.type, event.job_id) for event in events]
+
+
 async def test_a_process_of_workers_hears_only_wake_ups(pg_dsn: str, anyio_backend: str) -> None:
     """Claims and completions notify on a channel of their own: a store whose subscribers take
     only wake-ups (as a worker's does) does not listen to it, so it hears other processes' new
@@ -192,16 +206,8 @@ async def test_a_process_of_workers_hears_only_wake_ups(pg_dsn: str, anyio_backe
         assert [(e.type, e.job_id) for e in woken] == [("waiting", "a"), ("waiting", "b")]
 
         seen, arrived = await _listen(listener, lambda seen: seen[-1].type == "completed")
-        await producer.save_job(make_job(job_id="c", priority=-1))
-        [job] = await producer.fetch_next_jobs("q", "w", 30, 1)
-        await producer.finish_jobs([JobOutcome.completed(job, None)])
-        with anyio.fail_after(10):
-            await arrived.wait()
-        assert [(e.type, e.job_id) for e in seen] == [
-            ("waiting", "c"),
-            ("active", "c"),
-            ("completed", "c"),
-        ]
+        await _run_one(producer, "c", arrived, priority=-1)
+        assert _lifecycle(seen) == [("waiting", "c"), ("active", "c"), ("completed", "c")]
 
 
 async def test_a_schema_name_of_63_bytes_has_its_events(pg_dsn: str, anyio_backend: str) -> None:
@@ -209,16 +215,8 @@ async def test_a_schema_name_of_63_bytes_has_its_events(pg_dsn: str, anyio_backe
     schema = ("é" if anyio_backend == "asyncio" else "ü") * 31 + "x"
     async with PgStore(pg_dsn, schema=schema) as listener, PgStore(pg_dsn, schema=schema) as other:
         seen, arrived = await _listen(listener, lambda seen: seen[-1].type == "completed")
-        await other.save_job(make_job(job_id="a"))
-        [job] = await other.fetch_next_jobs("q", "w", 30, 1)
-        await other.finish_jobs([JobOutcome.completed(job, None)])
-        with anyio.fail_after(10):
-            await arrived.wait()
-        assert [(e.type, e.job_id) for e in seen] == [
-            ("waiting", "a"),
-            ("active", "a"),
-            ("completed", "a"),
-        ]
+        await _run_one(other, "a", arrived)
+        assert _lifecycle(seen) == [("waiting", "a"), ("active", "a"), ("completed", "a")]
 
 
 async def test_claims_and_completions_side_by_side_run_each_job_once(
