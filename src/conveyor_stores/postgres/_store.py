@@ -537,6 +537,11 @@ class _Listener:
     def wait_ready(self, timeout: float) -> None:
         self._ready.wait(timeout)
 
+    @property
+    def everything(self) -> bool:
+        """Told to listen to every event (see :meth:`listen_to_everything`)."""
+        return self._everything
+
     def listen_to_everything(self) -> None:
         """Listen to every event from now on, not only wake-ups (``ready`` once it does)."""
         if not self._everything:
@@ -2063,7 +2068,11 @@ class PgStore(StoreBase):
                 self._deliver_foreign,
                 everything=self._wants_everything(),
             )
-        elif self._listener is not None and self._wants_everything():
+        elif (
+            self._listener is not None
+            and not self._listener.everything
+            and self._wants_everything()
+        ):
             self._listener.listen_to_everything()
 
     def _wants_everything(self) -> bool:
