@@ -130,8 +130,8 @@ _CLAIM_CACHE = 10_000
 def _event_item(row: tuple[Any, ...]) -> str:
     """One event ``(queue, type, job_id, data(, at))`` as it goes into a NOTIFY payload; one
     too big for any payload goes without its data (other processes read the job for it)."""
-    item = _ENCODER.encode(row)
-    if len(item.encode()) + _HEAD_ROOM > _NOTIFY_LIMIT:
+    item = _ENCODER.encode(row)  # (ASCII: one byte a character)
+    if len(item) + _HEAD_ROOM > _NOTIFY_LIMIT:
         item = _ENCODER.encode((*row[:3], {"truncated": True}, *row[4:]))
     return item
 
@@ -225,7 +225,9 @@ class _Claim:
     record: Any
     """The record as psycopg loaded it (the claim fields are in their columns)."""
     worker_id: str
-    processed_at: datetime
+    started_at: str
+    """When the claim took it, as the attempt record's ``started_at`` writes it (made once
+    per claim: every job of a claim shares the time)."""
 
     @property
     def simple(self) -> bool:
@@ -1335,7 +1337,10 @@ class PgStore(StoreBase):
         events: list[StoreEvent] = []
         claimed: list[JobData] = []
         remember: list[tuple[str, _Claim]] = []
+        started: tuple[datetime | None, str] = (None, "")
         for _place, pk, version, record, processed, lock_until, token, created, delay, _t in rows:
+            if processed != started[0]:  # (the same for every job of the claim)
+                started = (processed, processed.astimezone(UTC).isoformat())
             job = structure(record, JobData)
             job.created_at = created
             job.delay_until = delay
@@ -1346,7 +1351,7 @@ class PgStore(StoreBase):
             job.lock_token = token
             claimed.append(job)
             remember.append(
-                (token, _Claim(pk, version, queue, job.id, record, worker_id, processed))
+                (token, _Claim(pk, version, queue, job.id, record, worker_id, started[1]))
             )
             if local:
                 data = {"prev": JobState.WAITING.value}
@@ -1400,6 +1405,7 @@ class PgStore(StoreBase):
             return []
         seqs, tokens, served, rate_scopes = await tx.plan_claims(queue, worker_id, picks, fetch)
         processed = from_timestamp(tx.now)
+        started_at = processed.astimezone(UTC).isoformat()
         lock_until = from_timestamp(tx.now + duration)
         rows = await tx.execute(
             """UPDATE {jobs} AS j SET state = 'active', seq = v.seq, processed_at = ?,
@@ -1423,7 +1429,7 @@ class PgStore(StoreBase):
             job.lock_token = token = tokens[int(ordinal) - 1]
             tx.emit_state(job, JobState.WAITING)
             claimed.append(job)
-            claim = _Claim(pk, version, queue, job.id, record, worker_id, processed)
+            claim = _Claim(pk, version, queue, job.id, record, worker_id, started_at)
             remember.append((token, claim))
         tx.after_commit(lambda: self._remember(remember))
         statements: list[tuple[bytes, Sequence[Any]]] = []
@@ -1549,7 +1555,7 @@ class PgStore(StoreBase):
             attempt = {
                 "attempt": made,
                 "worker_id": claim.worker_id,
-                "started_at": claim.processed_at.astimezone(UTC).isoformat(),
+                "started_at": claim.started_at,
                 "finished_at": _STAMP_ISO,
                 "outcome": OutcomeKind.COMPLETED.value,
             }
