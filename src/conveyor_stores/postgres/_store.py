@@ -526,6 +526,8 @@ class _Listener:
         self._own = f'{{"o":{json.dumps(origin)},'
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._wanted = threading.Lock()
+        """Held while what to listen to changes, and while the thread says it is ready."""
         self._poke, self._poked = socket.socketpair()
         self._poked.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="conveyor-pg-listen", daemon=True)
@@ -546,10 +548,12 @@ class _Listener:
 
     def listen_to_everything(self) -> None:
         """Listen to every event from now on, not only wake-ups (``ready`` once it does)."""
-        if not self._everything:
+        with self._wanted:
+            if self._everything:
+                return
             self._everything = True
             self._ready.clear()
-            self._poke.send(b"!")
+        self._poke.send(b"!")
 
     def _run(self) -> None:
         backoff = 0.05
@@ -570,7 +574,9 @@ class _Listener:
                             channel = sql.Identifier(self._event_channel)
                             conn.execute(sql.SQL("LISTEN {}").format(channel))
                             everything = True
-                        self._ready.set()
+                        with self._wanted:  # ready only once listening to what is wanted
+                            if everything or not self._everything:
+                                self._ready.set()
                         poked = self._poked.fileno()
                         readable, _, _ = select.select([pgconn.socket, poked], [], [], 0.1)
                         if poked in readable:
