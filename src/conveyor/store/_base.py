@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import enum
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Self
@@ -186,8 +186,19 @@ class StoreBase(abc.ABC):
             return False
         for key in (queue_name, None):
             for callback in subscribers.get(key, ()):
-                types = getattr(callback, "event_types", None)
+                types = _event_types(callback)
                 if types is None or type_ in types:
+                    return True
+        return False
+
+    def _wants_beyond(self, types: frozenset[str]) -> bool:
+        """Whether a subscriber, of any queue, takes events other than ``types`` (see
+        :meth:`_wants`): a store that carries some events apart from the rest need only
+        receive the rest from other processes then."""
+        for callbacks in self._subscribers.values():
+            for callback in callbacks:
+                taken = _event_types(callback)
+                if taken is None or not types.issuperset(taken):
                     return True
         return False
 
@@ -213,3 +224,8 @@ class StoreBase(abc.ABC):
                         self._on_event_error(exc)
                     else:
                         log.warning("event subscriber %r raised", callback, exc_info=exc)
+
+
+def _event_types(callback: object) -> Collection[str] | None:
+    """The events a subscriber takes: its ``event_types``, or None for every event."""
+    return getattr(callback, "event_types", None)

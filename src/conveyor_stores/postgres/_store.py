@@ -2078,23 +2078,14 @@ class PgStore(StoreBase):
                 self._origin,
                 self._token,
                 self._deliver_foreign,
-                everything=self._wants_everything(),
+                everything=self._wants_beyond(WAKE_EVENTS),
             )
         elif (
             self._listener is not None
             and not self._listener.everything
-            and self._wants_everything()
+            and self._wants_beyond(WAKE_EVENTS)  # (a worker's subscription takes only those)
         ):
             self._listener.listen_to_everything()
-
-    def _wants_everything(self) -> bool:
-        """Whether a subscriber takes more than wake-ups (a worker's takes only those)."""
-        for callbacks in self._subscribers.values():
-            for callback in callbacks:
-                types = getattr(callback, "event_types", None)
-                if types is None or not WAKE_EVENTS.issuperset(types):
-                    return True
-        return False
 
     def _subscribed(self) -> None:
         if self._lifecycle is Lifecycle.CONNECTED:
