@@ -172,6 +172,49 @@ async def test_bulk_adds_share_nothing_with_the_callers_data(store_factory: Stor
             assert stored.created_at == job.created_at is not None
 
 
+async def test_a_bulk_add_refused_late_in_the_call_stores_none_of_it(
+    store_factory: StoreFactoryT,
+) -> None:
+    """A store may check a large bulk add chunk by chunk while it sends the chunks before
+    (PgStore does): a job refused far into the call still leaves nothing of the call, raises
+    the same typed error, and the store goes on."""
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        await queue.add("before")
+        good = [("n", {"i": i}, {}) for i in range(700)]
+        bad_data: list[tuple[str, Any, Any]] = [*good, ("n", {"s": {1, 2}}, {})]
+        with pytest.raises(conveyor.SerializationError, match=r"data\.s"):
+            await queue.add_bulk(bad_data)
+        twice: list[tuple[str, Any, Any]] = [
+            *good[:400], ("n", 1, {"job_id": "x"}), *good[400:], ("n", 2, {"job_id": "x"})
+        ]
+        with pytest.raises(conveyor.InvalidArgumentError, match=r"jobs\[701\]\.id.*twice"):
+            await queue.add_bulk(twice)
+        assert await queue.get_job_counts() == {**dict.fromkeys(JobState, 0), "waiting": 1}
+        added = await queue.add_bulk(good)
+        assert [job.data for job in added] == [{"i": i} for i in range(700)]
+        assert await queue.count("waiting") == 701
+
+
+async def test_a_bulk_add_with_an_id_too_long_for_an_event_stores_all_of_it(
+    store_factory: StoreFactoryT,
+) -> None:
+    """An id whose event would not fit in one notification (PgStore sends a call with one
+    the general way, and finds it only in the middle of the call) is added with the rest."""
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        long_id = "\N{GRINNING FACE}" * 1024  # 12 characters each in JSON's ASCII
+        items: list[tuple[str, Any, Any]] = [("n", {"i": i}, {}) for i in range(600)]
+        items.insert(500, ("n", "long", {"job_id": long_id}))
+        added = await queue.add_bulk(items)
+        assert added[500].id == long_id
+        assert await queue.count("waiting") == 601
+        stored = await queue.get_job(long_id)
+        assert stored is not None
+        assert stored.data == "long"
+        assert stored.created_at == added[0].created_at
+
+
 def test_only_handed_over_jobs_are_taken_over() -> None:
     """check_jobs copies the records of a plain sequence, and takes over those handed over:
     the same objects, their data checked into a copy and their delay_until in UTC."""

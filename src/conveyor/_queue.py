@@ -109,18 +109,14 @@ def build_job(
     """The record a producer hands to the store for a new job (``job_id``: the id it takes
     unless its options name one; default, a fresh one)."""
     check_job_name(name, "name")
-    # The store checks (and copies) data at its edge; read it here only to hash it.
-    clean = data if opts.deduplication is None else check_json(data, "data")
-    return JobData(
-        id=opts.job_id or job_id or new_job_id(),
-        queue_name=queue_name,
-        name=name,
-        data=clean,
-        opts=opts,
-        deduplication_key=(
-            None if opts.deduplication is None else _dedup_key(name, clean, opts.deduplication)
-        ),
-    )
+    if opts.deduplication is None:
+        # The store checks (and copies) data at its edge. (Positional: keywords cost a third
+        # of the time, in a bulk add's hottest line.)
+        return JobData(opts.job_id or job_id or new_job_id(), queue_name, name, data, opts)
+    clean = check_json(data, "data")  # read here to hash it
+    job = JobData(opts.job_id or job_id or new_job_id(), queue_name, name, clean, opts)
+    job.deduplication_key = _dedup_key(name, clean, opts.deduplication)
+    return job
 
 
 class Queue:

@@ -123,16 +123,32 @@ def check_jobs(jobs: object, argument: str = "jobs") -> list[JobData]:
             argument, f"expected a sequence of JobData, got {type(jobs).__name__}"
         )
     if type(jobs) is HandedOver:
-        clean = []
-        for i, job in enumerate(jobs):
-            taken, data, delay_until = _check_new_job(job, f"{argument}[{i}]")
-            taken.data = data
-            taken.delay_until = delay_until
-            clean.append(taken)
-    else:
-        clean = [validate_new_job(job, f"{argument}[{i}]") for i, job in enumerate(jobs)]
-    seen: set[tuple[str, str]] = set()
-    for i, job in enumerate(clean):
+        take_handed_over(jobs, 0, len(jobs), set(), argument)
+        return jobs
+    clean = [validate_new_job(job, f"{argument}[{i}]") for i, job in enumerate(jobs)]
+    _refuse_twice(clean, 0, set(), argument)
+    return clean
+
+
+def take_handed_over(
+    jobs: HandedOver, start: int, stop: int, seen: set[tuple[str, str]], argument: str = "jobs"
+) -> None:
+    """The check :func:`check_jobs` makes of handed-over jobs, for ``jobs[start:stop]``
+    only: a store may check a large call chunk by chunk, sending each as soon as it is
+    checked, as long as it stores nothing unless every chunk passes. ``seen`` holds the
+    (queue, id) of the jobs checked before (the same set for every chunk of one call)."""
+    for i in range(start, stop):
+        job = jobs[i]
+        taken, data, delay_until = _check_new_job(job, f"{argument}[{i}]")
+        taken.data = data
+        taken.delay_until = delay_until
+    _refuse_twice(jobs[start:stop], start, seen, argument)
+
+
+def _refuse_twice(
+    jobs: Sequence[JobData], start: int, seen: set[tuple[str, str]], argument: str
+) -> None:
+    for i, job in enumerate(jobs, start):
         key = (job.queue_name, job.id)
         if key in seen:
             raise InvalidArgumentError(
@@ -140,7 +156,6 @@ def check_jobs(jobs: object, argument: str = "jobs") -> list[JobData]:
                 f"job id {job.id!r} appears twice in queue {job.queue_name!r}",
             )
         seen.add(key)
-    return clean
 
 
 def check_lock_duration(value: object, argument: str = "lock_duration") -> float:

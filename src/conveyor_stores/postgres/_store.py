@@ -41,7 +41,7 @@ import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.from_thread
@@ -83,6 +83,7 @@ from conveyor.store import (
 )
 from conveyor.store._base import Lifecycle, StoreBase
 from conveyor.store._validate import (
+    HandedOver,
     check_event,
     check_fetch,
     check_jobs,
@@ -91,6 +92,7 @@ from conveyor.store._validate import (
     check_outcomes,
     check_text,
     check_updates,
+    take_handed_over,
     validate_new_job,
 )
 
@@ -123,6 +125,8 @@ _HEAD_ROOM = 80
 """Bytes a NOTIFY payload's head (origin, time) takes, with room to spare."""
 _INSERT_CHUNK = 250
 """Jobs per INSERT statement of a bulk add."""
+_FIRST_CHUNK = 50
+"""Jobs in a bulk add's first INSERT: the server starts on it while the rest are made."""
 _CLAIM_CACHE = 10_000
 """Claims remembered for completing them without a read (see ``_Claim``)."""
 
@@ -948,6 +952,10 @@ class PgStore(StoreBase):
         return saved[0]
 
     async def save_bulk(self, jobs: Sequence[JobData]) -> list[JobData]:
+        if type(jobs) is HandedOver and all(map(_plain_new, jobs)):
+            # Made by conveyor's own producer and needing nothing read first (no parent among
+            # them): checked chunk by chunk as they are sent (see _insert_plain).
+            return await self._add(jobs, flow=False, checked=False)
         clean = check_jobs(jobs)
         for i, job in enumerate(clean):
             if job.parent_id is not None:
@@ -967,13 +975,19 @@ class PgStore(StoreBase):
                 )
         return await self._add(clean, flow=True)
 
-    async def _add(self, jobs: list[JobData], *, flow: bool) -> list[JobData]:
+    async def _add(
+        self, jobs: list[JobData], *, flow: bool, checked: bool = True
+    ) -> list[JobData]:
+        """Add checked jobs, or (``checked=False``) plain jobs handed over, which the plain
+        insert checks as it sends them."""
         try:
             if not flow and all(map(_plain_new, jobs)):
                 try:
-                    return await self._insert_plain(jobs)
+                    return await self._insert_plain(jobs, checked=checked)
                 except _NotPlain:
                     pass
+            if not checked:
+                check_jobs(jobs)
             return await self._write(lambda tx: self._insert(tx, jobs, flow=flow))
         except _Taken:
             pass
@@ -995,7 +1009,7 @@ class PgStore(StoreBase):
             seen.add(key)
         raise StoreError("adding jobs failed on a duplicate id that is gone now; try again")
 
-    async def _insert_plain(self, jobs: list[JobData]) -> list[JobData]:
+    async def _insert_plain(self, jobs: list[JobData], *, checked: bool) -> list[JobData]:
         """Add jobs that need no decision made under the schema lock (see ``_plain_new``):
         one round trip, side by side with every other writer, as claims and completions.
 
@@ -1005,10 +1019,17 @@ class PgStore(StoreBase):
         not ``jsonb``: the text is not parsed again). The record leaves out the job's times,
         which only the server knows: they go in their columns, where every read takes them
         from (see ``_JOB_COLUMNS``).
+
         Each chunk is sent as soon as it is made, so the server inserts one while the next is
-        being serialized. The new jobs' events are made here first and sent by the last
-        statement, which adds their head with the server's time. The queue's row comes after
-        the jobs: every writer locks job rows before queue rows.
+        being made. Jobs handed over unchecked (``checked=False``, see ``save_bulk``) are
+        checked chunk by chunk too: the first before anything is sent, each other one after
+        the chunks before it went out. A job refused then raises out of the pipeline, which
+        closes the connection: the server rolls the call back, and nothing is stored. The
+        first chunk is small, so the server starts early.
+
+        The new jobs' events are made here too and sent by the last statement, which adds
+        their head with the server's time. The queue's row comes after the jobs: every writer
+        locks job rows before queue rows.
         """
         insert = self._sql(
             """WITH now AS MATERIALIZED (
@@ -1036,31 +1057,44 @@ class PgStore(StoreBase):
                 || ']}}') FROM unnest(?::text[]) AS body"""
         )
         at = None if self._clock is None else self._clock.time()
-        by_queue: dict[str, list[JobData]] = {}
-        for job in jobs:
-            by_queue.setdefault(job.queue_name, []).append(job)
-        queues = sorted(by_queue)
-        chunks = [
-            (queue, by_queue[queue][start : start + _INSERT_CHUNK])
-            for queue in queues
-            for start in range(0, len(by_queue[queue]), _INSERT_CHUNK)
-        ]
-        # The events first: an id too long for a payload sends the call the general way
-        # before anything is sent. (ASCII: one byte a character.)
+        # Chunks: runs of jobs of one queue, in the call's order.
+        chunks: list[tuple[str, int, int]] = []
+        start, count, size = 0, len(jobs), _FIRST_CHUNK
+        while start < count:
+            queue = jobs[start].queue_name
+            stop = min(start + size, count)
+            for k in range(start + 1, stop):
+                if jobs[k].queue_name != queue:
+                    stop = k
+                    break
+            chunks.append((queue, start, stop))
+            start, size = stop, _INSERT_CHUNK
+        queues = sorted({queue for queue, _start, _stop in chunks})
+        seen: set[tuple[str, str]] = set()
         items: list[str] = []
-        for queue, chunk in chunks:
+
+        def take(queue: str, start: int, stop: int) -> None:
+            """Check a chunk if need be; make its events. An id too long for a payload sends
+            the call the general way. (The encoder writes ASCII: one byte a character.)"""
+            if not checked:
+                take_handed_over(cast(HandedOver, jobs), start, stop, seen)
             quoted = _ENCODER.encode(queue)
-            for job in chunk:
+            for job in jobs[start:stop]:
                 state = _DELAYED_ITEM if job.opts.delay > 0 else _WAITING_ITEM
                 item = f"[{quoted},{state}{_ENCODER.encode(job.id)},{_ADDED_DATA}]"
                 if len(item) + _HEAD_ROOM >= _NOTIFY_LIMIT:
                     raise _NotPlain
                 items.append(item)
 
+        if chunks:
+            take(*chunks[0])  # before anything is sent: refusing it costs no connection
+
         def statements() -> Iterator[tuple[bytes, Sequence[Any]]]:
-            for queue, chunk in chunks:
+            for k, (queue, start, stop) in enumerate(chunks):
+                if k:
+                    take(queue, start, stop)
                 rows: list[dict[str, Any]] = []
-                for job in chunk:
+                for job in jobs[start:stop]:
                     opts = job.opts
                     row: dict[str, Any] = {"i": job.id, "n": job.name, "r": record_fields(job)}
                     if job.group_id:
@@ -1091,11 +1125,11 @@ class PgStore(StoreBase):
             raise
         local = bool(self._subscribers)
         events: list[StoreEvent] = []
-        for (queue, chunk), [(created, delayed_ids, delayed_until)] in zip(
+        for (queue, start, stop), [(created, delayed_ids, delayed_until)] in zip(
             chunks, results, strict=False
         ):
             until = dict(zip(delayed_ids or (), delayed_until or (), strict=True))
-            for job in chunk:
+            for job in jobs[start:stop]:
                 job.created_at = created
                 job.delay_until = until.get(job.id)
                 job.state = JobState.WAITING if job.delay_until is None else JobState.DELAYED
