@@ -181,7 +181,7 @@ async def test_a_bulk_add_refused_late_in_the_call_stores_none_of_it(
     async with store_factory() as fx:
         queue = Queue("q", store=fx.store)
         await queue.add("before")
-        good = [("n", {"i": i}, {}) for i in range(700)]
+        good: list[tuple[str, Any, Any]] = [("n", {"i": i}, {}) for i in range(700)]
         bad_data: list[tuple[str, Any, Any]] = [*good, ("n", {"s": {1, 2}}, {})]
         with pytest.raises(conveyor.SerializationError, match=r"data\.s"):
             await queue.add_bulk(bad_data)
@@ -190,7 +190,7 @@ async def test_a_bulk_add_refused_late_in_the_call_stores_none_of_it(
         ]
         with pytest.raises(conveyor.InvalidArgumentError, match=r"jobs\[701\]\.id.*twice"):
             await queue.add_bulk(twice)
-        assert await queue.get_job_counts() == {**dict.fromkeys(JobState, 0), "waiting": 1}
+        assert await queue.get_job_counts() == {**dict.fromkeys(JobState, 0), JobState.WAITING: 1}
         added = await queue.add_bulk(good)
         assert [job.data for job in added] == [{"i": i} for i in range(700)]
         assert await queue.count("waiting") == 701
