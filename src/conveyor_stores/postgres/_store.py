@@ -1657,9 +1657,8 @@ class PgStore(StoreBase):
                                         record = (v.a || stamp.iso || v.b || stamp.iso
                                             || v.c)::json,
                                         version = j.version + 1
-                                    FROM v, stamp WHERE j.pk = v.pk
-                                        AND j.pk = ANY(?::bigint[]) AND j.version = v.version
-                                        AND j.lock_token = v.token AND j.state = 'active'
+                                    FROM v, stamp WHERE j.pk = v.pk AND j.version = v.version
+                                        AND j.lock_token = v.token AND (j.state = 'active') IS TRUE
                                     RETURNING j.pk, j.queue, v.item),
                                 told AS (
                                     SELECT {{notify_fn}}(?, '{{{{"o":"' || ? || '","at":' || stamp.t
@@ -1683,7 +1682,6 @@ class PgStore(StoreBase):
                                 tokens,
                                 *parts,
                                 items,
-                                pks,  # (again: the plan reaches the rows by primary key)
                                 self._event_channel,
                                 self._origin,
                             ),
