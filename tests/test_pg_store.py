@@ -395,3 +395,45 @@ async def test_a_bulk_add_reaches_other_stores_as_one_event_a_job(
         ]
         assert {e.timestamp for e in seen} == {added[0].created_at}
         assert all(e.data == {"prev": None} for e in seen)
+
+
+async def test_a_claim_reads_the_claim_index_whatever_the_statistics_say(
+    pg_dsn: str, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Statistics taken while a queue was paused (the paused check then looks like it leaves
+    no job) once had every claim read and sort all the waiting jobs: its plan must walk the
+    claim index in claim order and stop at the limit, whatever ANALYZE saw."""
+    from conveyor_stores.postgres._wire import PgConnection
+
+    schema = f"planning_{anyio_backend}"
+    async with PgStore(pg_dsn, schema=schema) as store:
+        await store.truncate_all()
+        queue = Queue("q", store=store)
+        await queue.pause()
+        await queue.add_bulk([("n", i, {}) for i in range(2000)])
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            for table in ("conveyor_jobs", "conveyor_paused", "conveyor_lanes"):
+                conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
+        await queue.resume()
+        sent: list[list[tuple[bytes, Any]]] = []
+        pipeline = PgConnection.pipeline
+
+        async def spy(self: PgConnection, statements: Any) -> Any:
+            sent.append(list(statements))
+            return await pipeline(self, sent[-1])
+
+        monkeypatch.setattr(PgConnection, "pipeline", spy)
+        assert len(await store.fetch_next_jobs("q", "w", 30, 5)) == 5
+        monkeypatch.undo()
+        [(gate, claim)] = [s for s in sent if len(s) == 2 and b"FOR UPDATE" in s[1][0]]
+        conn = await PgConnection.connect(pg_dsn, prepare=False)
+        try:
+            _begin, _gate, plan, _rollback = await conn.pipeline(
+                [(b"BEGIN", ()), gate, (b"EXPLAIN " + claim[0], claim[1]), (b"ROLLBACK", ())]
+            )
+        finally:
+            conn.close()
+        text = "\n".join(row[0] for row in plan)
+        assert "Index Scan using conveyor_jobs_claim on" in text, text
+        assert "Seq Scan on conveyor_jobs" not in text, text
+        assert "Sort" not in text.split("CTE chosen")[0], text  # (picked: in index order)
