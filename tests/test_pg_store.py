@@ -426,13 +426,13 @@ async def test_a_claim_reads_the_claim_index_whatever_the_statistics_say(
         assert len(await store.fetch_next_jobs("q", "w", 30, 5)) == 5
         monkeypatch.undo()
         [(gate, claim)] = [s for s in sent if len(s) == 2 and b"FOR UPDATE" in s[1][0]]
-        conn = await PgConnection.connect(pg_dsn, prepare=False)
+        wire = await PgConnection.connect(pg_dsn, prepare=False)
         try:
-            _begin, _gate, plan, _rollback = await conn.pipeline(
+            _begin, _gate, plan, _rollback = await wire.pipeline(
                 [(b"BEGIN", ()), gate, (b"EXPLAIN " + claim[0], claim[1]), (b"ROLLBACK", ())]
             )
         finally:
-            conn.close()
+            wire.close()
         text = "\n".join(row[0] for row in plan)
         assert "Index Scan using conveyor_jobs_claim on" in text, text
         assert "Seq Scan on conveyor_jobs" not in text, text
