@@ -21,6 +21,7 @@ from conveyor.store import (
     Group,
     JobOutcome,
     JobState,
+    ManualClock,
     MetricKind,
     StoreError,
     StoreEvent,
@@ -437,3 +438,55 @@ async def test_a_claim_reads_the_claim_index_whatever_the_statistics_say(
         assert "Index Scan using conveyor_jobs_claim on" in text, text
         assert "Seq Scan on conveyor_jobs" not in text, text
         assert "Sort" not in text.split("CTE chosen")[0], text  # (picked: in index order)
+
+
+async def test_totals_and_metrics_move_to_shard_rows_whole(
+    pg_dsn: str, anyio_backend: str
+) -> None:
+    """Schema version 4 spreads a queue's totals and metrics over rows per shard (completions
+    of many processes no longer wait on one row): what a version 3 schema held in the queue
+    row and in one metrics row per minute reads the same after the migration, and completions
+    from two stores (two connections, two shards or one) add up."""
+    schema = f"shards_{anyio_backend}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    async with PgStore(pg_dsn, schema=schema) as store:
+        await store.save_bulk([make_job(job_id=f"j{i}") for i in range(4)])
+    minute = 29_000_000
+
+    def table(name: str) -> sql.Composable:
+        return sql.Identifier(schema, f"conveyor_{name}")
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # back to version 3, with totals
+        conn.execute(sql.SQL("DROP TABLE {}").format(table("totals")))
+        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT conveyor_metrics_pkey").format(
+            table("metrics")))  # fmt: skip
+        conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN shard").format(table("metrics")))
+        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (queue, kind, minute)").format(
+            table("metrics")))  # fmt: skip
+        conn.execute(sql.SQL("DELETE FROM {} WHERE version = 4").format(table("migrations")))
+        conn.execute(
+            sql.SQL("UPDATE {} SET completed = 5, failed = 2 WHERE name = 'q'").format(
+                table("queues")
+            )
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {} VALUES ('q', 'completed', %s, 5)").format(table("metrics")),
+            (minute,),
+        )
+    clock = ManualClock(minute * 60 + 30)
+    async with (
+        PgStore(pg_dsn, schema=schema, clock=clock) as a,
+        PgStore(pg_dsn, schema=schema, clock=clock) as b,
+    ):
+        assert _migrations(pg_dsn, schema)[-1] == (SCHEMA_VERSION,)
+        completed = await a.get_metrics("q", MetricKind.COMPLETED)
+        assert (completed.total, [m.count for m in completed.buckets]) == (5, [5])
+        assert (await a.get_metrics("q", MetricKind.FAILED)).total == 2
+        for store, n in ((a, 3), (b, 1)):
+            jobs = await store.fetch_next_jobs("q", "w", 30, n)
+            assert await store.finish_jobs([JobOutcome.completed(j) for j in jobs]) == [True] * n
+        completed = await b.get_metrics("q", MetricKind.COMPLETED)
+        assert (completed.total, [m.count for m in completed.buckets]) == (9, [9])
+        await a.obliterate("q", force=True)
+        assert (await b.get_metrics("q", MetricKind.COMPLETED)).total == 0

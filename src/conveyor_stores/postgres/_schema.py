@@ -25,6 +25,13 @@ Tables (the same shape as the SQLite store's; see ``conveyor_stores/sqlite/_sche
   ``delay_until``, which every read takes from their columns (a plain add writes them there
   only, with the server's time). A conveyor that predates it refuses the schema at connect
   rather than read those jobs' times as missing.
+* ``conveyor_totals`` (version 4): a queue's totals of completed and failed jobs, in rows per
+  shard, and ``conveyor_metrics`` rows per shard too. Every completion adds to them; in one
+  row per queue (and per minute), each completion held that row until it committed, so the
+  completions of every worker process on the database were written one after another. A
+  transaction now writes the shard of its connection (its server process id modulo
+  ``SHARDS``); reads add the shards up. (The queue row's ``completed`` and ``failed`` columns
+  are no longer used: version 4 moves their values to shard 0.)
 """
 
 from __future__ import annotations
@@ -33,13 +40,16 @@ from collections.abc import Callable
 
 from psycopg import sql
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "qualified"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SHARDS", "qualified"]
+
+SHARDS = 16
+"""Rows per queue that its totals and each minute of its metrics are spread over."""
 
 
 def qualified(schema: str) -> dict[str, str]:
     """The quoted names of the schema and its tables, for ``str.format`` into SQL text."""
     names = {"s": sql.Identifier(schema).as_string(None)}
-    for table in ("jobs", "lanes", "queues", "paused", "rate", "metrics", "migrations"):
+    for table in ("jobs", "lanes", "queues", "paused", "rate", "metrics", "totals", "migrations"):
         names[table] = sql.Identifier(schema, f"conveyor_{table}").as_string(None)
     names["lane_trigger_fn"] = sql.Identifier(schema, "conveyor_jobs_lanes").as_string(None)
     names["seq"] = sql.Identifier(schema, "conveyor_seq").as_string(None)
@@ -187,6 +197,23 @@ times created_at and delay_until, which a record may leave out: every read takes
 their columns.';
 """
 
+_V4 = """
+CREATE TABLE {totals} (
+    queue text NOT NULL,
+    shard smallint NOT NULL,
+    completed bigint NOT NULL DEFAULT 0,
+    failed bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, shard)
+);
+INSERT INTO {totals} (queue, shard, completed, failed)
+    SELECT name, 0, completed, failed FROM {queues} WHERE completed <> 0 OR failed <> 0;
+UPDATE {queues} SET completed = 0, failed = 0 WHERE completed <> 0 OR failed <> 0;
+ALTER TABLE {metrics} ADD COLUMN shard smallint NOT NULL DEFAULT 0;
+ALTER TABLE {metrics} DROP CONSTRAINT conveyor_metrics_pkey;
+ALTER TABLE {metrics} ADD CONSTRAINT conveyor_metrics_pkey
+    PRIMARY KEY (queue, kind, minute, shard);
+"""
+
 MIGRATIONS: list[tuple[str, Callable[[dict[str, str]], list[str]]]] = [
     (
         "jobs, lanes, queues, pauses, rate windows, metrics",
@@ -201,6 +228,11 @@ MIGRATIONS: list[tuple[str, Callable[[dict[str, str]], list[str]]]] = [
         "records may leave out created_at and delay_until (a plain add writes them only in "
         "their columns); a conveyor older than this version would read them as missing",
         lambda names: [_V3.format(**names)],
+    ),
+    (
+        "totals and metrics in rows per shard, so that completions written side by side do not "
+        "wait on one row per queue",
+        lambda names: [_V4.format(**names)],
     ),
 ]
 """Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``: the statements

@@ -97,7 +97,7 @@ from conveyor.store._validate import (
 )
 
 from .._jobs import JobTx, Row, record_fields, record_json
-from ._schema import MIGRATIONS, SCHEMA_VERSION, qualified
+from ._schema import MIGRATIONS, SCHEMA_VERSION, SHARDS, qualified
 from ._wire import PgConnection, PgPool, Rows
 
 __all__ = ["PgStore"]
@@ -134,6 +134,8 @@ its transaction: an index scan in claim order that stops at the limit. Left to t
 statistics, a claim after an ``ANALYZE`` that ran while the queue was paused (the paused
 check then looks like it leaves no job) or nearly empty chose to read every waiting job and
 sort them, at each claim: ~100 times the work at 3,000 waiting jobs, and growing with them."""
+_SHARD = f"(pg_backend_pid() % {SHARDS})::smallint"
+"""The shard of the queue totals and metrics rows a transaction adds to: its connection's."""
 _CLAIM_CACHE = 10_000
 """Claims remembered for completing them without a read (see ``_Claim``)."""
 
@@ -288,24 +290,38 @@ class _Tx(JobTx):
         commit, in one round trip."""
         statements: list[tuple[bytes, Sequence[Any]]] = []
         store = self.store
-        for queue, (_seq, tick, plain, completed, failed) in self.counters.items():
+        # The queue rows, then the totals, then the metrics: the order every writer of this
+        # store locks them in (the shard rows: the connection's, see _SHARD).
+        for queue, (_seq, tick, plain, _completed, _failed) in self.counters.items():
             statements.append(
                 (
                     store._sql(
                         """UPDATE {queues} SET tick = greatest(tick, ?),
-                            plain_served = greatest(plain_served, ?),
-                            completed = completed + ?, failed = failed + ? WHERE name = ?"""
+                            plain_served = greatest(plain_served, ?) WHERE name = ?"""
                     ),
-                    (tick, plain, completed, failed, queue),
+                    (tick, plain, queue),
                 )
             )
+        for queue, (_seq, _tick, _plain, completed, failed) in self.counters.items():
+            if completed or failed:
+                statements.append(
+                    (
+                        store._sql(
+                            f"""INSERT INTO {{totals}} AS t (queue, shard, completed, failed)
+                            VALUES (?, {_SHARD}, ?, ?) ON CONFLICT (queue, shard) DO UPDATE
+                            SET completed = t.completed + excluded.completed,
+                                failed = t.failed + excluded.failed"""
+                        ),
+                        (queue, completed, failed),
+                    )
+                )
         minute = int(self.now // 60)
         for (queue, kind), count in self.finished.items():
             statements.append(
                 (
                     store._sql(
-                        """INSERT INTO {metrics} AS m (queue, kind, minute, count)
-                        VALUES (?, ?, ?, ?) ON CONFLICT (queue, kind, minute)
+                        f"""INSERT INTO {{metrics}} AS m (queue, kind, minute, shard, count)
+                        VALUES (?, ?, ?, {_SHARD}, ?) ON CONFLICT (queue, kind, minute, shard)
                         DO UPDATE SET count = m.count + excluded.count"""
                     ),
                     (queue, kind, minute, count),
@@ -313,7 +329,10 @@ class _Tx(JobTx):
             )
             statements.append(
                 (
-                    store._sql("DELETE FROM {metrics} WHERE queue = ? AND kind = ? AND minute < ?"),
+                    store._sql(
+                        f"""DELETE FROM {{metrics}} WHERE queue = ? AND kind = ?
+                        AND shard = {_SHARD} AND minute < ?"""
+                    ),
                     (queue, kind, minute - store._metrics_minutes),
                 )
             )
@@ -1644,10 +1663,11 @@ class PgStore(StoreBase):
         self._check_connected()
         try:
             async with self._pool.connection() as conn:
-                # The jobs first, then the queue row, then the metrics rows, each in its own
-                # statement (the data-changing parts of one statement run in no set order):
-                # the order every writer of this store locks them in, so none waits for
-                # another in a cycle. One implicit transaction, one round trip.
+                # The jobs first, then the queue's totals, then the metrics rows (the shard
+                # rows of this connection, see _SHARD), each in its own statement (the
+                # data-changing parts of one statement run in no set order): the order every
+                # writer of this store locks them in, so none waits for another in a cycle.
+                # One implicit transaction, one round trip.
                 # The first statement leaves what it completed, per queue and minute, in a
                 # transaction-local setting that the other three read.
                 tally = (
@@ -1703,19 +1723,21 @@ class PgStore(StoreBase):
                         ),
                         (
                             self._sql(
-                                f"""UPDATE {{queues}} AS q SET completed = q.completed + c.n
-                                FROM (SELECT e->>0 AS queue, sum((e->>2)::bigint) AS n
-                                    FROM {tally} AS e GROUP BY 1) AS c
-                                WHERE q.name = c.queue"""
+                                f"""INSERT INTO {{totals}} AS t (queue, shard, completed)
+                                SELECT e->>0, {_SHARD}, sum((e->>2)::bigint)
+                                FROM {tally} AS e GROUP BY 1
+                                ON CONFLICT (queue, shard)
+                                DO UPDATE SET completed = t.completed + excluded.completed"""
                             ),
                             (),
                         ),
                         (
                             self._sql(
-                                f"""INSERT INTO {{metrics}} AS m (queue, kind, minute, count)
-                                SELECT e->>0, 'completed', (e->>1)::bigint, (e->>2)::bigint
+                                f"""INSERT INTO {{metrics}} AS m (queue, kind, minute, shard, count)
+                                SELECT e->>0, 'completed', (e->>1)::bigint, {_SHARD},
+                                    (e->>2)::bigint
                                 FROM {tally} AS e
-                                ON CONFLICT (queue, kind, minute)
+                                ON CONFLICT (queue, kind, minute, shard)
                                 DO UPDATE SET count = m.count + excluded.count"""
                             ),
                             (),
@@ -1724,7 +1746,7 @@ class PgStore(StoreBase):
                             self._sql(
                                 f"""DELETE FROM {{metrics}} AS m USING {tally} AS e
                                 WHERE m.kind = 'completed' AND m.queue = e->>0
-                                    AND m.minute < (e->>1)::bigint - ?"""
+                                    AND m.shard = {_SHARD} AND m.minute < (e->>1)::bigint - ?"""
                             ),
                             (self._metrics_minutes,),
                         ),
@@ -1919,11 +1941,13 @@ class PgStore(StoreBase):
         column = "completed" if kind is MetricKind.COMPLETED else "failed"
 
         async def body(tx: _Tx) -> Metrics:
-            total = await tx.one(f"SELECT {column} FROM {{queues}} WHERE name = ?", (queue_name,))
+            total = await tx.one(
+                f"SELECT coalesce(sum({column}), 0) FROM {{totals}} WHERE queue = ?", (queue_name,)
+            )
             oldest = int(tx.now // 60) - self._metrics_minutes
             rows = await tx.execute(
-                """SELECT minute, count FROM {metrics}
-                WHERE queue = ? AND kind = ? AND minute >= ? ORDER BY minute""",
+                """SELECT minute, sum(count) FROM {metrics}
+                WHERE queue = ? AND kind = ? AND minute >= ? GROUP BY minute ORDER BY minute""",
                 (queue_name, kind.value, oldest),
             )
             buckets = [
@@ -2077,7 +2101,7 @@ class PgStore(StoreBase):
             await tx.conn.pipeline(
                 [
                     (self._sql(f"DELETE FROM {{{table}}} WHERE queue = ?"), (queue_name,))
-                    for table in ("paused", "lanes", "rate", "metrics")
+                    for table in ("paused", "lanes", "rate", "metrics", "totals")
                 ]
             )
             # The row stays for its sequence: lock tokens of the queue never repeat.
@@ -2111,7 +2135,9 @@ class PgStore(StoreBase):
         """Remove every job, queue, paused name and metric of this schema. For tests."""
 
         async def body(tx: _Tx) -> None:
-            await tx.execute("TRUNCATE {jobs}, {lanes}, {queues}, {paused}, {rate}, {metrics}")
+            await tx.execute(
+                "TRUNCATE {jobs}, {lanes}, {queues}, {paused}, {rate}, {metrics}, {totals}"
+            )
 
         await self._write(body)
 
