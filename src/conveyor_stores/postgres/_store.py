@@ -1335,11 +1335,12 @@ class PgStore(StoreBase):
         claims (``FOR UPDATE SKIP LOCKED``); it sends its own ``active`` events. ``None`` when
         jobs of groups are waiting: round robin between lanes then needs the locked claim.
 
-        It writes no shared row: claims run side by side with completions, which write the
-        queue's totals. (It leaves the queue's round-robin tick alone: when groups come back,
-        the locked claim goes on from the turns it last gave; the group-less lane and the
-        group lanes alternate from there, as they do from any turn.) Paused names are read
-        once, into an array: as a join, the planner judged them by the statistics.
+        It moves the queue's round-robin tick, so groups added later take their turn after the
+        group-less lane's latest (the contract's order). The queue row is the last row any
+        transaction of this store locks (a locked writer writes it when it commits), so none
+        waits for another in a cycle; completions no longer write it (their totals are in
+        shard rows). Paused names are read once, into an array: as a join, the planner judged
+        them by the statistics.
         """
         names = "" if fetch.job_name is None else " AND j.name = ?"
         claim = self._sql(
@@ -1370,6 +1371,9 @@ class PgStore(StoreBase):
                 RETURNING array_position(chosen.pks, j.pk) AS place, j.pk, j.version, j.id,
                     j.record, j.processed_at, j.lock_until, j.lock_token, j.created_at,
                     j.delay_until),
+            ticked AS (
+                UPDATE {{queues}} AS q SET tick = q.tick + n.c, plain_served = q.tick + n.c
+                FROM (SELECT count(*) AS c FROM claimed) AS n WHERE q.name = ? AND n.c > 0),
             told AS (
                 SELECT {{notify_fn}}(?, '{{{{"o":"' || ? || '","at":' || clock.t || ',"e":[',
                     array_agg(json_build_array(?::text, 'active', c.id,
@@ -1383,7 +1387,7 @@ class PgStore(StoreBase):
         if fetch.job_name is not None:
             args.append(fetch.job_name)
         args += [queue, queue, ALL_JOB_NAMES, queue, limit, duration, worker_id, worker_id]
-        args += [self._event_channel, self._origin, queue]
+        args += [queue, self._event_channel, self._origin, queue]
         # The gate also sets how the claim is planned, for this transaction only:
         # * once, generically: its plan reaches the rows through the primary key whatever the
         #   parameters, and planning it anew for each claim, as PostgreSQL otherwise chooses
