@@ -12,6 +12,7 @@ import pytest
 
 from conveyor import store_from_url
 from conveyor.store import (
+    WAKE_EVENTS,
     FetchOptions,
     Group,
     InvalidArgumentError,
@@ -247,6 +248,58 @@ async def test_subscribers_see_other_connections_events(tmp_path: Path, anyio_ba
             ("completed", "a"),
         ]
         assert seen[-1].data["returnvalue"] == 42
+
+
+async def test_a_process_of_workers_is_handed_only_wake_ups(
+    tmp_path: Path, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a store's subscribers take only wake-ups (a worker's do), its background thread
+    hands the event loop only the wake-ups of other processes: not each of their claims and
+    completions. A subscriber that wants every event gets them all from then on."""
+    path = tmp_path / "jobs.db"
+    async with SqliteStore(path) as producer, SqliteStore(path) as listener:
+        handed: list[str] = []
+        deliver = listener._deliver_foreign
+
+        def spy(events: list[StoreEvent]) -> None:
+            handed.extend(f"{event.type}:{event.job_id}" for event in events)
+            deliver(events)
+
+        assert listener._background is not None
+        monkeypatch.setattr(listener._background, "_deliver", spy)
+        second = anyio.Event()
+
+        class WakeUps:
+            event_types = WAKE_EVENTS
+
+            def __call__(self, event: StoreEvent) -> None:
+                if event.job_id == "b":
+                    second.set()
+
+        listener.subscribe("q", WakeUps())
+        await producer.save_job(make_job(job_id="a"))
+        [job] = await producer.fetch_next_jobs("q", "w", 30, 1)
+        await producer.finish_jobs([JobOutcome.completed(job, None)])
+        await producer.save_job(make_job(job_id="b"))
+        with anyio.fail_after(10):
+            await second.wait()
+        assert handed == ["waiting:a", "waiting:b"]
+
+        seen: list[str] = []
+        done = anyio.Event()
+
+        def everything(event: StoreEvent) -> None:
+            seen.append(f"{event.type}:{event.job_id}")
+            if event.type == "completed" and event.job_id == "c":
+                done.set()
+
+        listener.subscribe("q", everything)
+        await producer.save_job(make_job(job_id="c"))
+        jobs = await producer.fetch_next_jobs("q", "w", 30, 2)  # b (still waiting), then c
+        await producer.finish_jobs([JobOutcome.completed(job, None) for job in jobs])
+        with anyio.fail_after(10):
+            await done.wait()
+        assert seen == ["waiting:c", "active:b", "active:c", "completed:b", "completed:c"]
 
 
 async def test_events_are_pruned_by_the_wall_clock_keeping_the_newest(

@@ -12,7 +12,9 @@ after the commit. While the store has subscribers, this thread delivers the rest
 written by other processes (or other stores on the same file). Every ``poll_interval`` it asks
 SQLite whether anyone committed (``PRAGMA data_version``, no I/O when nothing changed) and, if
 so, reads the events past the last id it saw, then hands them to the event loop through
-``anyio.from_thread.run_sync``.
+``anyio.from_thread.run_sync``. While the store's subscribers take only wake-ups (``only``:
+a process that only runs workers), it hands over only those, and does not enter the event
+loop at all for the claims and completions of other processes.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ class Background:
         self._token = token
         self._deliver = deliver
         self._listening = False
+        self.only: frozenset[str] | None = None
+        """The event types the store's subscribers take (None: every type). Set on the event
+        loop; the thread reads it after reading a batch of rows, so a subscriber that wants
+        more gets every event committed after it subscribed."""
         self._wake = threading.Event()
         self._stop = False
         row = self._conn.execute("SELECT coalesce(max(id), 0) FROM conveyor_events").fetchone()
@@ -82,6 +88,11 @@ class Background:
         self._last_id = int(row[0])
         self._listening = True
         self._wake.set()
+
+    @property
+    def listening(self) -> bool:
+        """Whether it delivers other processes' events (see :meth:`listen`)."""
+        return self._listening
 
     def mute(self) -> None:
         """Stop delivering other processes' events (nobody listens any more)."""
@@ -128,6 +139,7 @@ class Background:
             if not rows:
                 return
             self._last_id = rows[-1][0]
+            only = self.only
             events = [
                 StoreEvent(
                     event[1],
@@ -139,6 +151,7 @@ class Background:
                 for _id, origin, at, batch in rows
                 if origin != self._origin
                 for event in json.loads(batch)
+                if only is None or event[1] in only
             ]
             if events:
                 anyio.from_thread.run_sync(self._deliver, events, token=self._token)

@@ -44,6 +44,7 @@ from anyio.lowlevel import checkpoint
 
 from conveyor.store import (
     TERMINAL_STATES,
+    WAKE_EVENTS,
     AttemptRecord,
     Clock,
     DuplicateJobError,
@@ -503,7 +504,7 @@ class SqliteStore(StoreBase):
                 checkpoint_interval=_CHECKPOINT_INTERVAL,
             )
             if self._subscribers:
-                self._background.listen(self._path)
+                self._subscribed()
 
     def _open(self) -> sqlite3.Connection:
         """Open, check and migrate the file (in a worker thread: it may wait on others)."""
@@ -1363,7 +1364,12 @@ class SqliteStore(StoreBase):
 
     def _subscribed(self) -> None:
         if self._background is not None:
-            self._background.listen(self._path)
+            # Once a subscriber wants more than wake-ups, every event, from then on (as
+            # PgStore listens to its second channel).
+            background = self._background
+            if background.only is not None or not background.listening:
+                background.only = None if self._wants_beyond(WAKE_EVENTS) else WAKE_EVENTS
+            background.listen(self._path)
 
     def _unsubscribed(self) -> None:
         if self._background is not None:
