@@ -10,8 +10,8 @@ import pytest
 from hypothesis import settings
 
 from conveyor import store_from_url
-from conveyor.store import Store
-from conveyor.testing import ManualClock, StoreFixture
+from conveyor.store import JobOutcome, Store
+from conveyor.testing import ManualClock, StoreFixture, make_job
 from conveyor_stores.memory import MemoryStore
 
 from .pg import test_database
@@ -94,3 +94,12 @@ def store_factory(request: pytest.FixtureRequest) -> StoreFactoryT:
 def pg_dsn() -> str:
     """A conninfo for a database of this test run's own on the test PostgreSQL server."""
     return test_database()
+
+
+async def wake_up_run_wake_up(producer: Store, first: str, then: str) -> None:
+    """Add job ``first`` to queue ``q``, claim and complete it, then add job ``then``: two
+    wake-ups with a claim and a completion between them, for tests of who hears what."""
+    await producer.save_job(make_job(job_id=first))
+    [job] = await producer.fetch_next_jobs("q", "w", 30, 1)
+    await producer.finish_jobs([JobOutcome.completed(job, None)])
+    await producer.save_job(make_job(job_id=then))

@@ -30,6 +30,8 @@ from conveyor.testing import make_job
 from conveyor_stores.postgres import PgStore
 from conveyor_stores.postgres._schema import SCHEMA_VERSION
 
+from .conftest import wake_up_run_wake_up
+
 pytestmark = pytest.mark.anyio
 
 _CONNECT = """
@@ -198,10 +200,7 @@ async def test_a_process_of_workers_hears_only_wake_ups(pg_dsn: str, anyio_backe
         listener.subscribe("q", WakeUps())
         assert listener._listener is not None
         await anyio.to_thread.run_sync(listener._listener.wait_ready, 10.0)
-        await producer.save_job(make_job(job_id="a"))
-        [job] = await producer.fetch_next_jobs("q", "w", 30, 1)
-        await producer.finish_jobs([JobOutcome.completed(job, None)])
-        await producer.save_job(make_job(job_id="b"))
+        await wake_up_run_wake_up(producer, "a", "b")
         with anyio.fail_after(10):
             await second.wait()
         assert [(e.type, e.job_id) for e in woken] == [("waiting", "a"), ("waiting", "b")]

@@ -27,7 +27,7 @@ from conveyor.testing._harness import claim_ids
 from conveyor_stores.sqlite import SqliteStore, _schema, _store
 from conveyor_stores.sqlite._schema import SCHEMA_VERSION
 
-from .conftest import START
+from .conftest import START, wake_up_run_wake_up
 
 pytestmark = pytest.mark.anyio
 
@@ -277,10 +277,7 @@ async def test_a_process_of_workers_is_handed_only_wake_ups(
                     second.set()
 
         listener.subscribe("q", WakeUps())
-        await producer.save_job(make_job(job_id="a"))
-        [job] = await producer.fetch_next_jobs("q", "w", 30, 1)
-        await producer.finish_jobs([JobOutcome.completed(job, None)])
-        await producer.save_job(make_job(job_id="b"))
+        await wake_up_run_wake_up(producer, "a", "b")
         with anyio.fail_after(10):
             await second.wait()
         assert handed == ["waiting:a", "waiting:b"]
