@@ -227,6 +227,17 @@ async def test_graceful_shutdown_waits_for_running_jobs(store_factory: StoreFact
         assert (await job.refresh()).returnvalue == "finished"
 
 
+class _Forever:
+    """A processor that says it started, then runs until it is cancelled."""
+
+    def __init__(self) -> None:
+        self.started = anyio.Event()
+
+    async def __call__(self, job: Job) -> None:
+        self.started.set()
+        await anyio.sleep_forever()
+
+
 async def _set_soon(event: anyio.Event) -> None:
     await anyio.lowlevel.checkpoint()
     event.set()
@@ -272,11 +283,8 @@ async def test_lost_lock_cannot_overwrite_the_new_owner(store_factory: StoreFact
 async def test_cancel_a_running_job(store_factory: StoreFactoryT) -> None:
     async with store_factory() as fx:
         queue = Queue("q", store=fx.store)
-        started = anyio.Event()
-
-        async def forever(job: Job) -> None:
-            started.set()
-            await anyio.sleep_forever()
+        forever = _Forever()
+        started = forever.started
 
         job = await queue.add("forever", attempts=3)
         async with open_worker("q", forever, store=fx.store, lock_duration=0.2, **FAST):
@@ -327,11 +335,8 @@ async def test_a_worker_cancelled_from_outside_gives_its_jobs_back(
 ) -> None:
     async with store_factory() as fx:
         queue = Queue("q", store=fx.store)
-        started = anyio.Event()
-
-        async def forever(job: Job) -> None:
-            started.set()
-            await anyio.sleep_forever()
+        forever = _Forever()
+        started = forever.started
 
         job = await queue.add("forever")
         with anyio.CancelScope() as outer:
@@ -706,11 +711,8 @@ async def test_cancel_reaches_the_worker_through_lock_renewal(store_factory: Sto
     lock renewal reports the cancellation and the job stops."""
     async with store_factory() as fx:
         queue = Queue("q", store=fx.store)
-        started = anyio.Event()
-
-        async def forever(job: Job) -> None:
-            started.set()
-            await anyio.sleep_forever()
+        forever = _Forever()
+        started = forever.started
 
         job = await queue.add("forever")
         async with open_worker("q", forever, store=fx.store, lock_duration=0.2, **FAST) as worker:
