@@ -1005,9 +1005,9 @@ class PgStore(StoreBase):
         self, jobs: list[JobData], *, flow: bool, checked: bool = True
     ) -> list[JobData]:
         """Add checked jobs, or (``checked=False``) plain jobs handed over, which the plain
-        insert checks as it sends them."""
+        insert checks as it sends them (the caller has seen that they are plain)."""
         try:
-            if not flow and all(map(_plain_new, jobs)):
+            if not flow and (not checked or all(map(_plain_new, jobs))):
                 try:
                     return await self._insert_plain(jobs, checked=checked)
                 except _NotPlain:
