@@ -1696,6 +1696,8 @@ class PgStore(StoreBase):
                                         record = (v.a || stamp.iso || v.b || stamp.iso
                                             || v.c)::json,
                                         version = j.version + 1
+                                    -- (IS TRUE: no index condition, so the rows are
+                                    -- reached by primary key whatever the statistics say)
                                     FROM v, stamp WHERE j.pk = v.pk AND j.version = v.version
                                         AND j.lock_token = v.token AND (j.state = 'active') IS TRUE
                                     RETURNING j.pk, j.queue, v.item),
