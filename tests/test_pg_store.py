@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -439,9 +440,7 @@ async def test_a_claim_reads_the_claim_index_whatever_the_statistics_say(
         assert "Sort" not in text.split("CTE chosen")[0], text  # (picked: in index order)
 
 
-async def test_totals_and_metrics_move_to_shard_rows_whole(
-    pg_dsn: str, anyio_backend: str
-) -> None:
+async def test_totals_and_metrics_move_to_shard_rows_whole(pg_dsn: str, anyio_backend: str) -> None:
     """Schema version 4 spreads a queue's totals and metrics over rows per shard (completions
     of many processes no longer wait on one row): what a version 3 schema held in the queue
     row and in one metrics row per minute reads the same after the migration, and completions
@@ -463,7 +462,8 @@ async def test_totals_and_metrics_move_to_shard_rows_whole(
         conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN shard").format(table("metrics")))
         conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (queue, kind, minute)").format(
             table("metrics")))  # fmt: skip
-        conn.execute(sql.SQL("DELETE FROM {} WHERE version = 4").format(table("migrations")))
+        conn.execute(sql.SQL("DROP TABLE {}").format(table("listeners")))  # (version 5)
+        conn.execute(sql.SQL("DELETE FROM {} WHERE version >= 4").format(table("migrations")))
         conn.execute(
             sql.SQL("UPDATE {} SET completed = 5, failed = 2 WHERE name = 'q'").format(
                 table("queues")
@@ -489,3 +489,91 @@ async def test_totals_and_metrics_move_to_shard_rows_whole(
         assert (completed.total, [m.count for m in completed.buckets]) == (9, [9])
         await a.obliterate("q", force=True)
         assert (await b.get_metrics("q", MetricKind.COMPLETED)).total == 0
+
+
+def _event_notifications(conn: psycopg.Connection[Any], channel: str) -> list[str]:
+    """The payloads ``conn`` (listening on ``channel``) received before a marker sent now: a
+    notification is delivered in commit order, so the marker comes after every notification
+    of a transaction that committed before it was sent."""
+    with psycopg.connect(conn.info.dsn, autocommit=True) as other:
+        other.execute("SELECT pg_notify(%s, 'marker')", (channel,))
+    payloads: list[str] = []
+    for notify in conn.notifies(timeout=10):
+        if notify.payload == "marker":
+            return payloads
+        payloads.append(notify.payload)
+    raise AssertionError(f"no marker within 10 s; got {payloads}")
+
+
+async def test_claims_and_completions_send_events_only_while_a_process_takes_them(
+    pg_dsn: str, anyio_backend: str
+) -> None:
+    """A claim or a completion sends its events (``active``, ``completed``) only while some
+    process listens to every event: a database whose processes only run workers is spared a
+    ``NOTIFY`` (a database-wide lock at commit) per claim and per completion. The listening
+    connection says so in ``conveyor_listeners`` while it listens, and only there."""
+    schema = f"listeners_{anyio_backend}"
+    async with PgStore(pg_dsn, schema=schema) as worker, PgStore(pg_dsn, schema=schema) as app:
+        channel = worker._event_channel
+        registry = sql.Identifier(schema, "conveyor_listeners")
+        with psycopg.connect(pg_dsn, autocommit=True) as tap:  # hears, but never registers
+            tap.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+            async def run(job_id: str) -> list[str]:
+                await worker.save_job(make_job(job_id=job_id))
+                [job] = await worker.fetch_next_jobs("q", "w", 30, 1)
+                assert await worker.finish_jobs([JobOutcome.completed(job)]) == [True]
+                return await anyio.to_thread.run_sync(_event_notifications, tap, channel)
+
+            assert await run("a") == []
+
+            seen, arrived = await _listen(app, lambda seen: seen[-1].type == "completed")
+            assert len(tap.execute(sql.SQL("SELECT pid FROM {}").format(registry)).fetchall()) == 1
+            sent = await run("b")
+            told = [item[1:3] for payload in sent for item in json.loads(payload)["e"]]
+            assert told == [["active", "b"], ["completed", "b"]]
+            with anyio.fail_after(10):
+                await arrived.wait()
+            assert _lifecycle(seen) == [("waiting", "b"), ("active", "b"), ("completed", "b")]
+
+            await app.disconnect()
+            assert tap.execute(sql.SQL("SELECT pid FROM {}").format(registry)).fetchall() == []
+            assert await run("c") == []
+
+            # A row whose server process is gone (its process died) only costs events nobody
+            # reads, until the next process that listens to every event clears it.
+            tap.execute(sql.SQL("INSERT INTO {} (pid) VALUES (-1)").format(registry))
+            assert len(await run("d")) == 2
+            async with PgStore(pg_dsn, schema=schema) as other:
+                await _listen(other, lambda seen: False)
+                rows = tap.execute(sql.SQL("SELECT pid FROM {}").format(registry)).fetchall()
+                assert len(rows) == 1
+                assert rows != [(-1,)]
+            assert await run("e") == []
+
+
+async def test_a_listener_waits_for_the_claims_that_left_their_events_out(
+    pg_dsn: str, anyio_backend: str
+) -> None:
+    """A claim or a completion that found no listener holds the listeners' barrier lock,
+    shared, until it commits. A process that starts listening to every event registers, then
+    takes that lock: it is ready (its subscribers see every later event) only once each such
+    transaction has committed, so none of those can send nothing after it is ready."""
+    schema = f"barrier_{anyio_backend}"
+    async with PgStore(pg_dsn, schema=schema) as app:
+        with psycopg.connect(pg_dsn) as claim:  # a claim that left its events out, uncommitted
+            [(quiet,)] = claim.execute(
+                "SELECT pg_try_advisory_xact_lock_shared(hashtextextended(%s, 0))",
+                (app._listeners_key,),
+            ).fetchall()
+            assert quiet
+            app.subscribe("q", lambda event: None)
+            assert app._listener is not None
+            waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            with anyio.fail_after(10):  # (the server has no event for "a lock is waited for")
+                while claim.execute(waiting).fetchall() != [(1,)]:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            assert not app._listener.ready
+            claim.commit()
+        await anyio.to_thread.run_sync(app._listener.wait_ready, 10.0)
+        assert app._listener.ready

@@ -32,6 +32,12 @@ Tables (the same shape as the SQLite store's; see ``conveyor_stores/sqlite/_sche
   transaction now writes the shard of its connection (its server process id modulo
   ``SHARDS``); reads add the shards up. (The queue row's ``completed`` and ``failed`` columns
   are no longer used: version 4 moves their values to shard 0.)
+* ``conveyor_listeners`` (version 5): the server processes (``pg_backend_pid()``) of the
+  ``LISTEN`` connections that take every event, not only wake-ups. Claims and completions
+  send their events (``active``, ``completed``) only while it has a row: a database whose
+  processes only run workers is spared a ``NOTIFY`` per claim and per completion (each takes
+  a database-wide lock at commit, and wakes every listening connection). A row left by a
+  process that died costs only events nobody reads, until the next listener clears it.
 """
 
 from __future__ import annotations
@@ -49,7 +55,8 @@ SHARDS = 16
 def qualified(schema: str) -> dict[str, str]:
     """The quoted names of the schema and its tables, for ``str.format`` into SQL text."""
     names = {"s": sql.Identifier(schema).as_string(None)}
-    for table in ("jobs", "lanes", "queues", "paused", "rate", "metrics", "totals", "migrations"):
+    tables = ("jobs", "lanes", "queues", "paused", "rate", "metrics", "totals", "listeners")
+    for table in (*tables, "migrations"):
         names[table] = sql.Identifier(schema, f"conveyor_{table}").as_string(None)
     names["lane_trigger_fn"] = sql.Identifier(schema, "conveyor_jobs_lanes").as_string(None)
     names["seq"] = sql.Identifier(schema, "conveyor_seq").as_string(None)
@@ -214,6 +221,13 @@ ALTER TABLE {metrics} ADD CONSTRAINT conveyor_metrics_pkey
     PRIMARY KEY (queue, kind, minute, shard);
 """
 
+_V5 = """
+CREATE TABLE {listeners} (
+    pid integer PRIMARY KEY,
+    since timestamptz NOT NULL DEFAULT now()
+);
+"""
+
 MIGRATIONS: list[tuple[str, Callable[[dict[str, str]], list[str]]]] = [
     (
         "jobs, lanes, queues, pauses, rate windows, metrics",
@@ -233,6 +247,11 @@ MIGRATIONS: list[tuple[str, Callable[[dict[str, str]], list[str]]]] = [
         "totals and metrics in rows per shard, so that completions written side by side do not "
         "wait on one row per queue",
         lambda names: [_V4.format(**names)],
+    ),
+    (
+        "the listeners of every event, so that claims and completions send their events only "
+        "while some process takes them",
+        lambda names: [_V5.format(**names)],
     ),
 ]
 """Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``: the statements

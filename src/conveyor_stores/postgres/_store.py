@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 import select
 import socket
@@ -103,6 +104,7 @@ from ._wire import PgConnection, PgPool, Rows
 __all__ = ["PgStore"]
 
 T = TypeVar("T")
+log = logging.getLogger("conveyor.stores.postgres")
 
 _JOB_COLUMNS = (
     "pk, record, state, processed_at, lock_until, locked_by, lock_token, created_at, delay_until"
@@ -134,6 +136,18 @@ its transaction: an index scan in claim order that stops at the limit. Left to t
 statistics, a claim after an ``ANALYZE`` that ran while the queue was paused (the paused
 check then looks like it leaves no job) or nearly empty chose to read every waiting job and
 sort them, at each claim: ~100 times the work at 3,000 waiting jobs, and growing with them."""
+_QUIET = """set_config('conveyor.quiet',
+    pg_try_advisory_xact_lock_shared(hashtextextended(?, 0))::text, true) AS quiet"""
+"""A setting (in a ``FROM`` list) that says, for the rest of the transaction, whether it may
+leave out the events of its claims and completions: ``true`` when it holds the listeners'
+barrier lock (shared, never waited for), which a process about to listen to every event takes
+exclusively once it has said so in ``conveyor_listeners`` (see ``_Listener._register``). Set
+by a statement of its own, before the one that sends the events: that one's snapshot, taken
+after the lock, sees every listener that registered before the lock was taken."""
+_EVENTS_WANTED = """(current_setting('conveyor.quiet', true) IS DISTINCT FROM 'true'
+    OR EXISTS (SELECT 1 FROM {listeners}))"""
+"""Whether a claim or a completion sends its events: some process listens to every event, or
+the transaction could not rule that out (``_QUIET``)."""
 _SHARD = f"(pg_backend_pid() % {SHARDS})::smallint"
 """The shard of the queue totals and metrics rows a transaction adds to: its connection's."""
 _CLAIM_CACHE = 10_000
@@ -541,6 +555,7 @@ class _Listener:
         self,
         conninfo: str,
         channels: tuple[str, str],
+        registry: tuple[str, str],
         origin: str,
         token: anyio.lowlevel.EventLoopToken,
         deliver: Callable[[list[StoreEvent]], None],
@@ -549,6 +564,7 @@ class _Listener:
     ) -> None:
         self._conninfo = conninfo
         self._wake_channel, self._event_channel = channels
+        self._listeners, self._barrier = registry
         self._everything = everything
         self._origin = origin
         self._token = token
@@ -603,6 +619,7 @@ class _Listener:
                         if self._everything and not everything:
                             channel = sql.Identifier(self._event_channel)
                             conn.execute(sql.SQL("LISTEN {}").format(channel))
+                            self._register(conn)
                             everything = True
                         with self._wanted:  # ready only once listening to what is wanted
                             if everything or not self._everything:
@@ -617,12 +634,47 @@ class _Listener:
                         pgconn.consume_input()
                         while (notify := pgconn.notifies()) is not None:
                             self._handle(notify.extra.decode(encoding))
-            except psycopg.Error:
+                    if everything:
+                        self._unregister(conn)
+            except psycopg.Error as exc:
+                log.warning("listening on PostgreSQL failed, trying again: %s", exc)
                 self._ready.set()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
             except RuntimeError:  # the event loop is gone
                 return
+
+    def _register(self, conn: psycopg.Connection[Any]) -> None:
+        """Say that this connection takes every event (claims and completions leave theirs out
+        while no connection does), then wait for the claims and completions that chose to
+        leave theirs out before it said so: each holds the barrier lock, shared, until it
+        commits. Those that start later see this connection's row, or fail to take the lock
+        while this waits for it, and send their events. Rows of server processes that are gone
+        (a process that died while listening) are cleared on the way."""
+        registry = sql.SQL(self._listeners)
+        conn.execute(
+            sql.SQL(
+                """DELETE FROM {} WHERE pid <> pg_backend_pid()
+                AND pid NOT IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)"""
+            ).format(registry)
+        )
+        conn.execute(
+            sql.SQL(
+                """INSERT INTO {} (pid) VALUES (pg_backend_pid())
+                ON CONFLICT (pid) DO UPDATE SET since = excluded.since"""
+            ).format(registry)
+        )
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self._barrier,))
+
+    def _unregister(self, conn: psycopg.Connection[Any]) -> None:
+        """Take this connection's row out of the listeners (on the way out: it may be gone)."""
+        with contextlib.suppress(psycopg.Error):
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE pid = pg_backend_pid()").format(
+                    sql.SQL(self._listeners)
+                )
+            )
 
     def _handle(self, payload: str) -> None:
         if payload.startswith(self._own):
@@ -727,6 +779,9 @@ class PgStore(StoreBase):
         """The channel of every other event (``active``, ``completed``...), taken only by a
         process with a subscriber that wants more than wake-ups: a process that only runs
         workers is not woken by every claim and completion of every worker."""
+        self._listeners_key = f"conveyor-listeners:{schema}"
+        """The advisory lock (its key's text) that a process about to listen to every event
+        takes to wait for the claims and completions that chose to send none (``_QUIET``)."""
         self._clock = clock
         self._listen = listen
         retention = parse_duration(metrics_retention, "metrics_retention", allow_zero=False)
@@ -1001,9 +1056,7 @@ class PgStore(StoreBase):
                 )
         return await self._add(clean, flow=True)
 
-    async def _add(
-        self, jobs: list[JobData], *, flow: bool, checked: bool = True
-    ) -> list[JobData]:
+    async def _add(self, jobs: list[JobData], *, flow: bool, checked: bool = True) -> list[JobData]:
         """Add checked jobs, or (``checked=False``) plain jobs handed over, which the plain
         insert checks as it sends them (the caller has seen that they are plain)."""
         try:
@@ -1378,7 +1431,7 @@ class PgStore(StoreBase):
                 SELECT {{notify_fn}}(?, '{{{{"o":"' || ? || '","at":' || clock.t || ',"e":[',
                     array_agg(json_build_array(?::text, 'active', c.id,
                         json_build_object('prev', 'waiting'))::text)) AS sent
-                FROM claimed AS c, clock GROUP BY clock.t)
+                FROM claimed AS c, clock WHERE {_EVENTS_WANTED} GROUP BY clock.t)
             SELECT c.place, c.pk, c.version, c.record, c.processed_at, c.lock_until,
                 c.lock_token, c.created_at, c.delay_until, clock.t
             FROM claimed AS c CROSS JOIN clock LEFT JOIN told ON told.sent >= 0"""
@@ -1398,11 +1451,13 @@ class PgStore(StoreBase):
         gate = self._sql(
             f"""SELECT EXISTS (SELECT 1 FROM {{lanes}} WHERE queue = ? AND waiting > 0)
             FROM set_config('plan_cache_mode', 'force_generic_plan', true) AS plan,
-                {_CLAIM_PLANNING}"""
+                {_CLAIM_PLANNING}, {_QUIET}"""
         )
         try:
             async with self._pool.connection() as conn:
-                [(grouped,)], rows = await conn.pipeline([(gate, (queue,)), (claim, args)])
+                [(grouped,)], rows = await conn.pipeline(
+                    [(gate, (queue, self._listeners_key)), (claim, args)]
+                )
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL error ({self._where()}): {exc}") from exc
         if not rows:
@@ -1671,15 +1726,17 @@ class PgStore(StoreBase):
                 # rows of this connection, see _SHARD), each in its own statement (the
                 # data-changing parts of one statement run in no set order): the order every
                 # writer of this store locks them in, so none waits for another in a cycle.
-                # One implicit transaction, one round trip.
-                # The first statement leaves what it completed, per queue and minute, in a
+                # One implicit transaction, one round trip. A statement before them says
+                # whether the events may be left out (_QUIET); the jobs' statement
+                # leaves what it completed, per queue and minute, in a
                 # transaction-local setting that the other three read.
                 tally = (
                     "json_array_elements(coalesce(nullif("
                     "current_setting('conveyor.completed', true), ''), '[]')::json)"
                 )
-                rows, _totals, _added, _pruned = await conn.pipeline(
+                _quiet, rows, _totals, _added, _pruned = await conn.pipeline(
                     [
+                        (self._sql(f"SELECT 1 FROM {_QUIET}"), (self._listeners_key,)),
                         (
                             self._sql(
                                 f"""WITH clock AS MATERIALIZED (SELECT coalesce(?::float8,
@@ -1704,7 +1761,8 @@ class PgStore(StoreBase):
                                 told AS (
                                     SELECT {{notify_fn}}(?, '{{{{"o":"' || ? || '","at":' || stamp.t
                                         || ',"e":[', array_agg(d.item)) AS sent
-                                    FROM done AS d, stamp GROUP BY stamp.t),
+                                    FROM done AS d, stamp WHERE {_EVENTS_WANTED}
+                                    GROUP BY stamp.t),
                                 tallied AS (
                                     SELECT set_config('conveyor.completed', json_agg(
                                         json_build_array(c.queue, c.minute, c.n))::text, true)
@@ -2154,6 +2212,7 @@ class PgStore(StoreBase):
             self._listener = _Listener(
                 self._conninfo,
                 (self._wake_channel, self._event_channel),
+                (self._names["listeners"], self._listeners_key),
                 self._origin,
                 self._token,
                 self._deliver_foreign,
