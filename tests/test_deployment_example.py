@@ -151,7 +151,10 @@ async def deploy_and_check(
     assert len(workers) == processes, "every worker process took part"
     [row] = map(json.loads, (await run_script("monitor.py", app_url, "--json")).splitlines())
     assert (row["queue"], row["completed"], row["waiting"], row["active"]) == (
-        "checksums", total, 0, 0
+        "checksums",
+        total,
+        0,
+        0,
     )
     return output
 
@@ -162,9 +165,7 @@ async def test_the_launcher_runs_every_job_exactly_once(
     """Two worker processes (under the test's backend) and 400 files."""
     url = with_params(pg_dsn, schema=f"deployment_{anyio_backend}")
     backend = ("--trio",) if anyio_backend == "trio" else ()
-    output = await deploy_and_check(
-        url, url, tmp_path, processes=2, total=400, worker_args=backend
-    )
+    output = await deploy_and_check(url, url, tmp_path, processes=2, total=400, worker_args=backend)
     assert output.count(f"ready ({anyio_backend}, ") == 2
 
 

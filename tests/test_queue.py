@@ -186,7 +186,10 @@ async def test_a_bulk_add_refused_late_in_the_call_stores_none_of_it(
         with pytest.raises(conveyor.SerializationError, match=r"data\.s"):
             await queue.add_bulk(bad_data)
         twice: list[tuple[str, Any, Any]] = [
-            *good[:400], ("n", 1, {"job_id": "x"}), *good[400:], ("n", 2, {"job_id": "x"})
+            *good[:400],
+            ("n", 1, {"job_id": "x"}),
+            *good[400:],
+            ("n", 2, {"job_id": "x"}),
         ]
         with pytest.raises(conveyor.InvalidArgumentError, match=r"jobs\[701\]\.id.*twice"):
             await queue.add_bulk(twice)

@@ -209,9 +209,10 @@ def test_an_unknown_job_is_404_and_a_bad_queue_name_400(web: Web) -> None:
 
 def test_the_app_can_run_the_jobs_itself(tmp_path: Path) -> None:
     env = environment(f"sqlite:///{tmp_path}/web.db", CONVEYOR_WEB_WORKER="1")
-    with serve(env, tmp_path / "server.log") as (server, base), httpx.Client(
-        trust_env=False, timeout=DEADLINE
-    ) as client:
+    with (
+        serve(env, tmp_path / "server.log") as (server, base),
+        httpx.Client(trust_env=False, timeout=DEADLINE) as client,
+    ):
         web = Web(base, client, server, server)
         job = web.finished(web.add(f"{base}/")["status_url"])
         assert job["state"] == "completed", job
