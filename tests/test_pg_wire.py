@@ -132,9 +132,19 @@ async def test_a_cancelled_call_breaks_the_connection_and_the_server_rolls_back(
             assert await fresh.execute(b"SELECT count(*) FROM wire_cancel") == [(0,)]
 
 
+@pytest.mark.parametrize("shape", ["one statement", "a pipeline", "a streamed pipeline"])
 async def test_a_lost_connection_raises_and_the_pool_replaces_it(
-    pg_dsn: str, anyio_backend: str
+    pg_dsn: str, anyio_backend: str, shape: str
 ) -> None:
+    """A call on a connection whose server process is gone says the connection was lost,
+    with libpq's reason, whatever the call's shape (libpq reports a pipeline's loss as
+    "connection not in pipeline mode")."""
+    statements = [(b"SELECT 1", ()), (b"SELECT 2", ())]
+    calls = {
+        "one statement": lambda conn: conn.execute(b"SELECT 1"),
+        "a pipeline": lambda conn: conn.pipeline(statements),
+        "a streamed pipeline": lambda conn: conn.pipeline(iter(statements)),
+    }
     async with await_pool(pg_dsn) as pool:
         async with pool.connection() as conn:
             [(pid,)] = await conn.execute(b"SELECT pg_backend_pid()")
@@ -145,8 +155,11 @@ async def test_a_lost_connection_raises_and_the_pool_replaces_it(
             other.close()
         async with pool.connection() as same:
             assert same is conn
-            with pytest.raises(psycopg.OperationalError), anyio.fail_after(10):
-                await same.execute(b"SELECT 1")
+            with (
+                pytest.raises(psycopg.OperationalError, match="connection to the server was lost"),
+                anyio.fail_after(10),
+            ):
+                await calls[shape](same)
         assert conn.broken
         async with pool.connection() as fresh:
             assert await fresh.execute(b"SELECT 1") == [(1,)]

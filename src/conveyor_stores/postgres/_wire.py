@@ -312,8 +312,17 @@ class PgConnection:
                 raise error
             return out
         except psycopg.Error as exc:
-            if exc.sqlstate is None or pgconn.status != pq.ConnStatus.OK:
-                self._break()  # lost, not refused: a refused statement leaves it usable
+            if pgconn.status != pq.ConnStatus.OK:
+                # Lost. libpq may say so only indirectly ("connection not in pipeline mode":
+                # a connection it dropped mid-pipeline has left pipeline mode): say it plainly,
+                # with what libpq knows of why.
+                why = " ".join(pgconn.get_error_message().split()) or str(exc)
+                self._break()
+                raise psycopg.OperationalError(
+                    f"the connection to the server was lost: {why}"
+                ) from exc
+            if exc.sqlstate is None:
+                self._break()  # an error of the protocol: the connection's state is unknown
             raise
         except BaseException:  # cancelled or timed out mid-call: the protocol state is lost
             self._break()
