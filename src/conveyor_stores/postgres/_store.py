@@ -1120,10 +1120,11 @@ class PgStore(StoreBase):
 
         The new jobs' events are made here too and sent by the last statement, which adds
         their head with the server's time. The queue's row comes after the jobs: every writer
-        locks job rows before queue rows.
+        locks job rows before queue rows. A call of one chunk (every ``queue.add``) is one
+        statement: its queue's row and its events are written by parts of the insert that
+        first read all of the inserted rows.
         """
-        insert = self._sql(
-            """WITH now AS MATERIALIZED (
+        inserting = """WITH now AS MATERIALIZED (
                 SELECT coalesce(?::float8, extract(epoch FROM now())::float8) AS t),
             v AS (SELECT * FROM json_to_recordset(?::json)
                 AS v(i text, n text, l text, p int, f bool, d float8, r json)),
@@ -1136,10 +1137,23 @@ class PgStore(StoreBase):
                         ELSE nextval({seq_name}) END,
                     to_timestamp(now.t), to_timestamp(now.t + v.d), v.r
                 FROM v, now
-                RETURNING id, created_at, delay_until)
-            SELECT min(a.created_at), array_agg(a.id) FILTER (WHERE a.delay_until IS NOT NULL),
+                RETURNING id, created_at, delay_until)"""
+        result = """SELECT min(a.created_at),
+                array_agg(a.id) FILTER (WHERE a.delay_until IS NOT NULL),
                 array_agg(a.delay_until) FILTER (WHERE a.delay_until IS NOT NULL)
             FROM added AS a"""
+        insert = self._sql(f"{inserting}\n{result}")
+        # (count(*): the queue's row is written once every job is in, whatever order the
+        # parts of the statement run in)
+        insert_alone = self._sql(
+            f"""{inserting},
+            fresh AS (INSERT INTO {{queues}} (name) SELECT ?
+                WHERE (SELECT count(*) FROM added) > 0 ON CONFLICT (name) DO NOTHING),
+            revived AS (UPDATE {{queues}} SET live = 1
+                WHERE name = ? AND live = 0 AND (SELECT count(*) FROM added) > 0),
+            told AS (SELECT count(pg_notify(?, '{{{{"o":"' || ? || '","at":' || now.t
+                || ',"e":[' || body || ']}}}}')) AS sent FROM unnest(?::text[]) AS body, now)
+            {result} CROSS JOIN told"""
         )
         # The events, packed here into payload bodies: the server adds the head, with its time.
         notify = self._sql(
@@ -1197,6 +1211,11 @@ class PgStore(StoreBase):
                     if opts.delay > 0:
                         row["d"] = opts.delay
                     rows.append(row)
+                if len(chunks) == 1:
+                    channel = self._wake_channel
+                    events = (channel, self._origin, _pack(items))
+                    yield (insert_alone, (at, _ENCODER.encode(rows), queue, queue, queue, *events))
+                    return
                 yield (insert, (at, _ENCODER.encode(rows), queue))
             yield (
                 self._sql(
