@@ -985,16 +985,19 @@ class PgStore(StoreBase):
         """Run ``body`` in one read-only transaction (a consistent snapshot)."""
         return await self._run(body, write=False, locked=False)
 
-    async def _read_jobs(self, where: str, params: Sequence[Any]) -> list[Row]:
-        """The jobs ``WHERE ...``, read by one statement on its own (its own snapshot): one
-        round trip, where a read transaction takes three."""
+    async def _read_alone(self, query: str, params: Sequence[Any] = ()) -> Rows:
+        """The rows of one reading statement run on its own (its own snapshot): one round
+        trip, where a read transaction takes three."""
         self._check_connected()
-        query = self._sql(f"SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE {where}")
         try:
             async with self._pool.connection() as conn:
-                rows = await conn.execute(query, params)
+                return await conn.execute(self._sql(query), params)
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL error ({self._where()}): {exc}") from exc
+
+    async def _read_jobs(self, where: str, params: Sequence[Any]) -> list[Row]:
+        """The jobs ``WHERE ...``, read by one statement on its own."""
+        rows = await self._read_alone(f"SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE {where}", params)
         return [_load(row) for row in rows]
 
     async def _run(self, body: Callable[[_Tx], Awaitable[T]], *, write: bool, locked: bool) -> T:
@@ -1891,10 +1894,10 @@ class PgStore(StoreBase):
         check_name(parent_queue_name, "parent_queue_name")
         check_name(parent_id, "parent_id")
 
-        async def body(tx: _Tx) -> list[JobData]:
-            return [row.job for row in await tx.children(parent_queue_name, parent_id)]
-
-        return await self._read(body)
+        rows = await self._read_jobs(
+            "parent_queue = ? AND parent_id = ? ORDER BY pk", (parent_queue_name, parent_id)
+        )
+        return [row.job for row in rows]
 
     # -- stalled jobs ------------------------------------------------------------------------------
 
@@ -1938,77 +1941,64 @@ class PgStore(StoreBase):
         }.get(state, "seq")
         count = None if end == -1 else max(end - start + 1, 0)
 
-        async def body(tx: _Tx) -> list[JobData]:
-            rows = await tx.rows_of(
-                f"queue = ? AND state = ? ORDER BY {order} LIMIT ? OFFSET ?",
-                (queue_name, state.value, count, start),
-            )
-            return [row.job for row in rows]
-
-        return await self._read(body)
+        rows = await self._read_jobs(
+            f"queue = ? AND state = ? ORDER BY {order} LIMIT ? OFFSET ?",
+            (queue_name, state.value, count, start),
+        )
+        return [row.job for row in rows]
 
     async def count_jobs(self, queue_name: str, state: JobState) -> int:
         check_name(queue_name, "queue_name")
         state = JobState.parse(state)
-        return await self._read(lambda tx: tx.count_state(queue_name, state))
+        [(count,)] = await self._read_alone(
+            "SELECT count(*) FROM {jobs} WHERE queue = ? AND state = ?", (queue_name, state.value)
+        )
+        return int(count)
 
     async def get_job_counts(self, queue_name: str) -> dict[JobState, int]:
         check_name(queue_name, "queue_name")
 
-        async def body(tx: _Tx) -> dict[JobState, int]:
-            rows = await tx.execute(
-                "SELECT state, count(*) FROM {jobs} WHERE queue = ? GROUP BY state", (queue_name,)
-            )
-            found = {str(state): int(count) for state, count in rows}
-            return {state: found.get(state.value, 0) for state in JobState}
-
-        return await self._read(body)
+        rows = await self._read_alone(
+            "SELECT state, count(*) FROM {jobs} WHERE queue = ? GROUP BY state", (queue_name,)
+        )
+        found = {str(state): int(count) for state, count in rows}
+        return {state: found.get(state.value, 0) for state in JobState}
 
     async def get_next_delayed_timestamp(self, queue_name: str) -> datetime | None:
         check_name(queue_name, "queue_name")
 
-        async def body(tx: _Tx) -> datetime | None:
-            row = await tx.one(
-                """SELECT delay_until FROM {jobs} WHERE queue = ? AND state = 'delayed'
-                ORDER BY delay_until LIMIT 1""",
-                (queue_name,),
-            )
-            return None if row is None else row[0]
-
-        return await self._read(body)
+        rows = await self._read_alone(
+            """SELECT delay_until FROM {jobs} WHERE queue = ? AND state = 'delayed'
+            ORDER BY delay_until LIMIT 1""",
+            (queue_name,),
+        )
+        return rows[0][0] if rows else None
 
     async def list_queues(self) -> list[str]:
-        async def body(tx: _Tx) -> list[str]:
-            # Distinct queue names by index seeks, one per queue (not a scan of every job).
-            rows = await tx.execute(
-                """WITH RECURSIVE names(name) AS (
-                    SELECT min(queue) FROM {jobs}
-                    UNION ALL
-                    SELECT (SELECT min(queue) FROM {jobs} WHERE queue > names.name)
-                    FROM names WHERE names.name IS NOT NULL
-                )
-                SELECT name FROM (
-                    SELECT name FROM names WHERE name IS NOT NULL
-                    UNION SELECT queue FROM {paused}
-                ) AS all_names ORDER BY name COLLATE "C"
-                """
+        # Distinct queue names by index seeks, one per queue (not a scan of every job).
+        rows = await self._read_alone(
+            """WITH RECURSIVE names(name) AS (
+                SELECT min(queue) FROM {jobs}
+                UNION ALL
+                SELECT (SELECT min(queue) FROM {jobs} WHERE queue > names.name)
+                FROM names WHERE names.name IS NOT NULL
             )
-            return [str(row[0]) for row in rows]
-
-        return await self._read(body)
+            SELECT name FROM (
+                SELECT name FROM names WHERE name IS NOT NULL
+                UNION SELECT queue FROM {paused}
+            ) AS all_names ORDER BY name COLLATE "C"
+            """
+        )
+        return [str(row[0]) for row in rows]
 
     async def _lane_count(self, queue_name: str, group_id: str, column: str) -> int:
         check_name(queue_name, "queue_name")
         check_name(group_id, "group_id")
 
-        async def body(tx: _Tx) -> int:
-            row = await tx.one(
-                f"SELECT {column} FROM {{lanes}} WHERE queue = ? AND lane = ?",
-                (queue_name, group_id),
-            )
-            return 0 if row is None else int(row[0])
-
-        return await self._read(body)
+        rows = await self._read_alone(
+            f"SELECT {column} FROM {{lanes}} WHERE queue = ? AND lane = ?", (queue_name, group_id)
+        )
+        return int(rows[0][0]) if rows else 0
 
     async def get_group_active_count(self, queue_name: str, group_id: str) -> int:
         return await self._lane_count(queue_name, group_id, "active")
@@ -2105,14 +2095,10 @@ class PgStore(StoreBase):
     async def get_paused_job_names(self, queue_name: str) -> list[str]:
         check_name(queue_name, "queue_name")
 
-        async def body(tx: _Tx) -> list[str]:
-            rows = await tx.execute(
-                'SELECT name FROM {paused} WHERE queue = ? ORDER BY name COLLATE "C"',
-                (queue_name,),
-            )
-            return [str(row[0]) for row in rows]
-
-        return await self._read(body)
+        rows = await self._read_alone(
+            'SELECT name FROM {paused} WHERE queue = ? ORDER BY name COLLATE "C"', (queue_name,)
+        )
+        return [str(row[0]) for row in rows]
 
     # -- maintenance -------------------------------------------------------------------------------
 
