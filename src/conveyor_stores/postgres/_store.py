@@ -13,14 +13,17 @@ How it runs:
   keyed on the schema, so those writers run one at a time, as on SQLite: limits, groups,
   deduplication and pauses hold across every process and host by construction. They lock the
   job rows they read (``FOR UPDATE``), so they and the side-by-side statements wait for each
-  other instead of overwriting each other. Reads run without locks, on PostgreSQL's snapshots.
+  other instead of overwriting each other. Reads run without locks, on PostgreSQL's snapshots:
+  a read of one statement on its own (one round trip), a read of several in one read-only
+  transaction.
 * Time is the database server's clock (``clock_timestamp()``, read once per transaction, in
   the round trip that begins it): hosts' clocks may drift, lock expiry and delays do not.
   Tests pass a :class:`~conveyor.store.ManualClock` instead.
 * Job records are ``json`` (the text as written; ``jsonb`` would turn ``1e300`` into an int).
 * Events: each write transaction publishes its events with ``NOTIFY`` (delivered at commit,
   in commit order, payloads kept under PostgreSQL's 8,000 bytes); a listener thread per store
-  delivers other processes' events to this store's subscribers while it has any. With
+  delivers other processes' events to this store's subscribers while it has any. Claims and
+  completions send theirs only while some process listens to every event (``_QUIET``). With
   ``listen=False`` (for transaction-mode poolers, which drop ``LISTEN``) subscribers see this
   process's events only, and workers find other processes' jobs by polling.
 * A lost connection raises :class:`~conveyor.store.StoreError` to the caller; the next call
