@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -398,14 +399,49 @@ async def test_a_bulk_add_reaches_other_stores_as_one_event_a_job(
         assert all(e.data == {"prev": None} for e in seen)
 
 
+async def _claim_plan(
+    pg_dsn: str, store: PgStore, monkeypatch: pytest.MonkeyPatch, count: int
+) -> tuple[str, list[str]]:
+    """``EXPLAIN ANALYZE`` of the claim ``store.fetch_next_jobs("q", ...)`` sends, run again
+    in a transaction rolled back, once the claim itself has claimed ``count`` jobs; and the
+    names of those jobs."""
+    from conveyor_stores.postgres._wire import PgConnection
+
+    sent: list[list[tuple[bytes, Any]]] = []
+    pipeline = PgConnection.pipeline
+
+    async def spy(self: PgConnection, statements: Any) -> Any:
+        sent.append(list(statements))
+        return await pipeline(self, sent[-1])
+
+    monkeypatch.setattr(PgConnection, "pipeline", spy)
+    claimed = await store.fetch_next_jobs("q", "w", 30, count)
+    monkeypatch.undo()
+    assert len(claimed) == count
+    [(gate, claim)] = [s for s in sent if len(s) == 2 and b"FOR UPDATE" in s[1][0]]
+    wire = await PgConnection.connect(pg_dsn, prepare=False)
+    try:
+        _begin, _gate, plan, _rollback = await wire.pipeline(
+            [(b"BEGIN", ()), gate, (b"EXPLAIN ANALYZE " + claim[0], claim[1]), (b"ROLLBACK", ())]
+        )
+    finally:
+        wire.close()
+    return "\n".join(row[0] for row in plan), [job.name for job in claimed]
+
+
+def _most_rows_read(plan: str) -> int:
+    """The most rows any node of an ``EXPLAIN ANALYZE`` returned or filtered out."""
+    counts = re.findall(r"actual time=[\d.]+\.\.[\d.]+ rows=(\d+)", plan)
+    counts += re.findall(r"Rows Removed by Filter: (\d+)", plan)
+    return max(int(count) for count in counts)
+
+
 async def test_a_claim_reads_the_claim_index_whatever_the_statistics_say(
     pg_dsn: str, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Statistics taken while a queue was paused (the paused check then looks like it leaves
     no job) once had every claim read and sort all the waiting jobs: its plan must walk the
     claim index in claim order and stop at the limit, whatever ANALYZE saw."""
-    from conveyor_stores.postgres._wire import PgConnection
-
     schema = f"planning_{anyio_backend}"
     async with PgStore(pg_dsn, schema=schema) as store:
         await store.truncate_all()
@@ -416,28 +452,34 @@ async def test_a_claim_reads_the_claim_index_whatever_the_statistics_say(
             for table in ("conveyor_jobs", "conveyor_paused", "conveyor_lanes"):
                 conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
         await queue.resume()
-        sent: list[list[tuple[bytes, Any]]] = []
-        pipeline = PgConnection.pipeline
+        plan, _names = await _claim_plan(pg_dsn, store, monkeypatch, 5)
+        assert "Index Scan using conveyor_jobs_claim on" in plan, plan
+        assert "Seq Scan on conveyor_jobs" not in plan, plan
+        assert _most_rows_read(plan) < 20, plan  # (not the 2,000 waiting jobs)
 
-        async def spy(self: PgConnection, statements: Any) -> Any:
-            sent.append(list(statements))
-            return await pipeline(self, sent[-1])
 
-        monkeypatch.setattr(PgConnection, "pipeline", spy)
-        assert len(await store.fetch_next_jobs("q", "w", 30, 5)) == 5
-        monkeypatch.undo()
-        [(gate, claim)] = [s for s in sent if len(s) == 2 and b"FOR UPDATE" in s[1][0]]
-        wire = await PgConnection.connect(pg_dsn, prepare=False)
-        try:
-            _begin, _gate, plan, _rollback = await wire.pipeline(
-                [(b"BEGIN", ()), gate, (b"EXPLAIN " + claim[0], claim[1]), (b"ROLLBACK", ())]
-            )
-        finally:
-            wire.close()
-        text = "\n".join(row[0] for row in plan)
-        assert "Index Scan using conveyor_jobs_claim on" in text, text
-        assert "Seq Scan on conveyor_jobs" not in text, text
-        assert "Sort" not in text.split("CTE chosen")[0], text  # (picked: in index order)
+async def test_a_claim_does_not_walk_past_the_jobs_of_paused_names(
+    pg_dsn: str, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a job name paused, a claim once walked the claim index past every waiting job of
+    that name ahead of the others, at every claim. It now seeks each waiting name once and
+    reads the first jobs of the names that are not paused."""
+    schema = f"paused_names_{anyio_backend}"
+    async with PgStore(pg_dsn, schema=schema) as store:
+        await store.truncate_all()
+        queue = Queue("q", store=store)
+        await queue.add_bulk([("paused", i, {}) for i in range(2000)])
+        await queue.add_bulk([(name, i, {}) for i in range(10) for name in ("b", "c")])
+        await queue.add("urgent", priority=-1)
+        await queue.pause("paused")
+        plan, names = await _claim_plan(pg_dsn, store, monkeypatch, 5)
+        assert _most_rows_read(plan) < 100, plan  # (not the 2,000 jobs of the paused name)
+        assert names == ["urgent", "b", "c", "b", "c"]  # (claim order, across names)
+        claimed = await store.fetch_next_jobs("q", "w", 30, 30)
+        assert [job.name for job in claimed] == ["b", "c"] * 8
+        await queue.resume("paused")
+        [job] = await store.fetch_next_jobs("q", "w", 30, 1)
+        assert job.name == "paused"
 
 
 async def test_totals_and_metrics_move_to_shard_rows_whole(pg_dsn: str, anyio_backend: str) -> None:

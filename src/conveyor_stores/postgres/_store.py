@@ -1423,21 +1423,66 @@ class PgStore(StoreBase):
         waits for another in a cycle; completions no longer write it (their totals are in
         shard rows). Paused names are read once, into an array: as a join, the planner judged
         them by the statistics.
+
+        While some job names of the queue are paused, a claim does not walk the claim index
+        past their waiting jobs (every one of them, at every claim: 6.5 ms a claim of 10 behind
+        20,000 paused jobs, and growing with them): it takes the queue's waiting job names one
+        index seek each, and the first jobs of each name not paused, and keeps the first of
+        those in claim order.
         """
-        names = "" if fetch.job_name is None else " AND j.name = ?"
+        args: list[Any] = [None if self._clock is None else self._clock.time()]
+        if fetch.job_name is not None:
+            picked = """picked AS (
+                SELECT j.pk, j.priority, j.seq FROM {jobs} AS j
+                WHERE j.queue = ? AND j.lane = '' AND j.state = 'waiting' AND j.name = ?
+                    AND j.name <> ALL(ARRAY(SELECT p.name FROM {paused} AS p
+                        WHERE p.queue = ?))
+                    AND NOT EXISTS (SELECT 1 FROM {paused} AS p
+                        WHERE p.queue = ? AND p.name = ?)
+                    AND NOT EXISTS (SELECT 1 FROM {lanes} AS l
+                        WHERE l.queue = ? AND l.waiting > 0)
+                ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED)"""
+            args += [queue, fetch.job_name, queue, queue, ALL_JOB_NAMES, queue, limit]
+        else:
+            picked = """paused AS MATERIALIZED (
+                SELECT ARRAY(SELECT p.name FROM {paused} AS p WHERE p.queue = ?) AS names),
+            gate AS MATERIALIZED (
+                SELECT cardinality(paused.names) = 0 AS plain,
+                    NOT ?::text = ANY(paused.names) AND NOT EXISTS (SELECT 1 FROM {lanes} AS l
+                        WHERE l.queue = ? AND l.waiting > 0) AS open
+                FROM paused),
+            picked AS (
+                SELECT s.pk, s.priority, s.seq FROM (
+                    SELECT j.pk, j.priority, j.seq FROM {jobs} AS j
+                    WHERE (SELECT g.plain AND g.open FROM gate AS g)
+                        AND j.queue = ? AND j.lane = '' AND j.state = 'waiting'
+                    ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED) AS s
+                UNION ALL
+                SELECT t.pk, t.priority, t.seq FROM (
+                    WITH RECURSIVE seen(name) AS (
+                        (SELECT j.name FROM {jobs} AS j
+                        WHERE j.queue = ? AND j.lane = '' AND j.state = 'waiting'
+                        ORDER BY j.name LIMIT 1)
+                        UNION ALL
+                        SELECT (SELECT j.name FROM {jobs} AS j
+                            WHERE j.queue = ? AND j.lane = '' AND j.state = 'waiting'
+                                AND j.name > seen.name
+                            ORDER BY j.name LIMIT 1)
+                        FROM seen WHERE seen.name IS NOT NULL)
+                    SELECT c.pk, c.priority, c.seq FROM seen CROSS JOIN paused CROSS JOIN LATERAL (
+                        SELECT j.pk, j.priority, j.seq FROM {jobs} AS j
+                        WHERE j.queue = ? AND j.lane = '' AND j.state = 'waiting'
+                            AND j.name = seen.name
+                        ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED) AS c
+                    WHERE (SELECT NOT g.plain AND g.open FROM gate AS g)
+                        AND seen.name IS NOT NULL
+                        AND seen.name <> ALL(paused.names)
+                    ORDER BY c.priority, c.seq LIMIT ?) AS t)"""
+            args += [queue, ALL_JOB_NAMES, queue, queue, limit, queue, queue, queue, limit, limit]
         claim = self._sql(
             f"""WITH clock AS MATERIALIZED (
                 SELECT coalesce(?::float8, extract(epoch FROM clock_timestamp())::float8) AS t),
-            picked AS (
-                SELECT j.pk, j.priority, j.seq FROM {{jobs}} AS j
-                WHERE j.queue = ? AND j.lane = '' AND j.state = 'waiting'{names}
-                    AND j.name <> ALL(ARRAY(SELECT p.name FROM {{paused}} AS p
-                        WHERE p.queue = ?))
-                    AND NOT EXISTS (SELECT 1 FROM {{paused}} AS p
-                        WHERE p.queue = ? AND p.name = ?)
-                    AND NOT EXISTS (SELECT 1 FROM {{lanes}} AS l
-                        WHERE l.queue = ? AND l.waiting > 0)
-                ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED),
+            {picked},
             chosen AS MATERIALIZED (
                 SELECT ARRAY(SELECT pk FROM picked ORDER BY priority, seq) AS pks),
             numbers AS MATERIALIZED (
@@ -1465,11 +1510,7 @@ class PgStore(StoreBase):
                 c.lock_token, c.created_at, c.delay_until, clock.t
             FROM claimed AS c CROSS JOIN clock LEFT JOIN told ON told.sent >= 0"""
         )
-        args: list[Any] = [None if self._clock is None else self._clock.time(), queue]
-        if fetch.job_name is not None:
-            args.append(fetch.job_name)
-        args += [queue, queue, ALL_JOB_NAMES, queue, limit, duration, worker_id, worker_id]
-        args += [queue, self._event_channel, self._origin, queue]
+        args += [duration, worker_id, worker_id, queue, self._event_channel, self._origin, queue]
         # The gate also sets how the claim is planned, for this transaction only:
         # * once, generically: its plan reaches the rows through the primary key whatever the
         #   parameters, and planning it anew for each claim, as PostgreSQL otherwise chooses
