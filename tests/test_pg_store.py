@@ -31,6 +31,7 @@ from conveyor.store import (
 from conveyor.testing import make_job
 from conveyor_stores.postgres import PgStore
 from conveyor_stores.postgres._schema import SCHEMA_VERSION
+from conveyor_stores.postgres._store import _CLAIM_PLANNING
 
 from .conftest import wake_up_run_wake_up
 
@@ -480,6 +481,49 @@ async def test_a_claim_does_not_walk_past_the_jobs_of_paused_names(
         await queue.resume("paused")
         [job] = await store.fetch_next_jobs("q", "w", 30, 1)
         assert job.name == "paused"
+
+
+async def test_a_locked_claim_does_not_walk_past_the_jobs_of_paused_names(
+    pg_dsn: str, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim that takes the schema lock (jobs of groups waiting, limits) reads a lane's
+    candidates the same way while names are paused: each waiting name once."""
+    from conveyor_stores.postgres._wire import PgConnection
+
+    schema = f"paused_locked_{anyio_backend}"
+    async with PgStore(pg_dsn, schema=schema) as store:
+        await store.truncate_all()
+        queue = Queue("q", store=store)
+        await queue.add_bulk([("paused", i, {}) for i in range(2000)])
+        await queue.add_bulk([("b", i, {}) for i in range(3)])
+        await queue.add("b", group=Group("g"))
+        await queue.pause("paused")
+        sent: list[tuple[bytes, Any]] = []
+        pipeline = PgConnection.pipeline
+
+        async def spy(self: PgConnection, statements: Any) -> Any:
+            statements = list(statements)
+            sent.extend(statements)
+            return await pipeline(self, statements)
+
+        monkeypatch.setattr(PgConnection, "pipeline", spy)
+        claimed = await store.fetch_next_jobs("q", "w", 30, 4)
+        monkeypatch.undo()
+        assert [job.name for job in claimed] == ["b"] * 4
+        # (the side-by-side claim, which found jobs of a group waiting, begins WITH clock)
+        lanes = [s for s in sent if b"SKIP LOCKED" in s[0] and not s[0].startswith(b"WITH clock")]
+        assert lanes  # (the candidates of each lane: the group's, the group-less one)
+        wire = await PgConnection.connect(pg_dsn, prepare=False)
+        try:
+            for query, params in lanes:
+                *_, plan, _rollback = await wire.pipeline(
+                    [(b"BEGIN", ()), (store._sql(f"SELECT 1 FROM {_CLAIM_PLANNING}"), ()),
+                     (b"EXPLAIN ANALYZE " + query, params), (b"ROLLBACK", ())]
+                )  # fmt: skip
+                text = "\n".join(row[0] for row in plan)
+                assert _most_rows_read(text) < 100, text  # (not the paused name's 2,000 jobs)
+        finally:
+            wire.close()
 
 
 async def test_totals_and_metrics_move_to_shard_rows_whole(pg_dsn: str, anyio_backend: str) -> None:

@@ -355,3 +355,32 @@ async def test_truncate_all_empties_the_file_but_keeps_the_schema(
         assert await store.get_group_active_count("q", "g") == 0
         await store.save_job(make_job(job_id="again"))
         assert await claim_ids(store) == ["again"]
+
+
+async def test_a_claim_does_not_walk_past_the_jobs_of_paused_names(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """With a job name paused, a claim once stepped through every waiting job of that name
+    ahead of the others, at every claim. It now seeks each waiting name once: the work of a
+    claim (SQLite's virtual machine steps) does not grow with the paused jobs ahead."""
+
+    async def steps(paused_jobs: int) -> int:
+        async with SqliteStore(tmp_path / f"paused_{paused_jobs}.db") as store:
+            await store.save_bulk([make_job(name="paused") for _ in range(paused_jobs)])
+            await store.save_bulk([make_job(name=name) for _ in range(10) for name in "bc"])
+            await store.pause_job_name("q", "paused")
+            count = 0
+
+            def step() -> int:
+                nonlocal count
+                count += 1
+                return 0  # (go on)
+
+            assert store._conn is not None
+            store._conn.set_progress_handler(step, 1)
+            assert len(await claim_ids(store, limit=5)) == 5
+            store._conn.set_progress_handler(None, 1)
+            return count
+
+    few, many = await steps(20), await steps(2000)
+    assert many < 2 * few, (few, many)

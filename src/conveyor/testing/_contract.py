@@ -419,6 +419,34 @@ async def check_pause_queue_and_names(fx: StoreFixture) -> None:
 
 
 @_check
+async def check_paused_names_keep_the_claim_order(fx: StoreFixture) -> None:
+    """With a name paused, the other names' jobs are claimed in claim order across names
+    (priority, then age; newest first with ``lifo``), in the plain queue and in a group."""
+    jobs = [
+        make_job(name=name, priority=priority, group=Group("g") if grouped else None)
+        for name, priority, grouped in [
+            ("a", 0, False), ("b", 0, False), ("a", -5, False), ("c", -1, False),
+            ("b", 1, False), ("c", 0, False), ("a", 0, True), ("b", 0, True),
+        ]
+    ]  # fmt: skip
+    ids = [job.id for job in await fx.store.save_bulk(jobs)]
+    await fx.store.pause_job_name("q", "a")
+    expect_eq(
+        await claim_ids(fx.store, limit=2, exclude_groups=("g",)),
+        [ids[3], ids[1]],
+        "claim order across names, one paused",
+    )
+    expect_eq(
+        await claim_ids(fx.store, limit=10, lifo=True, exclude_groups=("g",)),
+        [ids[5], ids[4]],
+        "lifo claim order across names, one paused",
+    )
+    expect_eq(await claim_ids(fx.store, limit=10), [ids[7]], "a group's jobs, one name paused")
+    await fx.store.resume_job_name("q", "a")
+    expect_eq(await claim_ids(fx.store, limit=10), [ids[2], ids[6], ids[0]], "after resume")
+
+
+@_check
 async def check_concurrent_claimers(fx: StoreFixture) -> None:
     """Many claimers at once never receive the same job, and together receive every job."""
     ids = [job.id for job in await fx.store.save_bulk([make_job(data=i) for i in range(120)])]

@@ -514,6 +514,30 @@ class _Tx(JobTx):
         if fetch.job_name is not None:
             where += " AND name = ?"
             args.append(fetch.job_name)
+        elif paused and not fetch.lifo:
+            # Not past every waiting job of the paused names: the first jobs of each other
+            # waiting name (one index seek a name), the first of those in claim order.
+            rows = await self.execute(
+                """WITH RECURSIVE seen(name) AS (
+                    (SELECT j.name FROM {jobs} AS j
+                    WHERE j.queue = ? AND j.lane = ? AND j.state = 'waiting'
+                    ORDER BY j.name LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT j.name FROM {jobs} AS j
+                        WHERE j.queue = ? AND j.lane = ? AND j.state = 'waiting'
+                            AND j.name > seen.name
+                        ORDER BY j.name LIMIT 1)
+                    FROM seen WHERE seen.name IS NOT NULL)
+                SELECT c.pk FROM seen CROSS JOIN LATERAL (
+                    SELECT j.pk, j.priority, j.seq FROM {jobs} AS j
+                    WHERE j.queue = ? AND j.lane = ? AND j.state = 'waiting'
+                        AND j.name = seen.name
+                    ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE SKIP LOCKED) AS c
+                WHERE seen.name IS NOT NULL AND seen.name <> ALL(?::text[])
+                ORDER BY c.priority, c.seq LIMIT ?""",
+                (queue, lane, queue, lane, queue, lane, limit, sorted(paused), limit),
+            )
+            return [row[0] for row in rows]
         elif paused:
             where += " AND name <> ALL(?::text[])"
             args.append(sorted(paused))

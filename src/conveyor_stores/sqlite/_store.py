@@ -25,6 +25,8 @@ How it runs (the measurements behind these choices are in ``bench/sqlite_call_mo
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import json
 import os
 import random
@@ -334,13 +336,43 @@ class _Tx(JobTx):
     ) -> list[int]:
         where = "queue = ? AND lane = ? AND state = 'waiting'"
         args: list[Any] = [queue, lane]
+        conn = self.conn
         if fetch.job_name is not None:
             where += " AND name = ?"
             args.append(fetch.job_name)
+        elif paused and not fetch.lifo:
+            # Not past every waiting job of the paused names: the first jobs of each other
+            # waiting name (one index seek a name), the first of those in claim order.
+            names = [
+                row[0]
+                for row in conn.execute(
+                    """WITH RECURSIVE seen(name) AS (
+                        SELECT (SELECT name FROM conveyor_jobs
+                            WHERE queue = ?1 AND lane = ?2 AND state = 'waiting'
+                            ORDER BY name LIMIT 1)
+                        UNION ALL
+                        SELECT (SELECT name FROM conveyor_jobs
+                            WHERE queue = ?1 AND lane = ?2 AND state = 'waiting'
+                                AND name > seen.name
+                            ORDER BY name LIMIT 1)
+                        FROM seen WHERE seen.name IS NOT NULL)
+                    SELECT name FROM seen WHERE name IS NOT NULL""",
+                    (queue, lane),
+                )
+                if row[0] not in paused
+            ]
+            heads = [
+                conn.execute(
+                    f"""SELECT priority, seq, pk FROM conveyor_jobs WHERE {where} AND name = ?
+                    ORDER BY priority, seq LIMIT ?""",
+                    (*args, name, limit),
+                ).fetchall()
+                for name in names
+            ]
+            return [row[2] for row in heapq.nsmallest(limit, itertools.chain(*heads))]
         elif paused:
             where += " AND name NOT IN (SELECT name FROM conveyor_paused WHERE queue = ?)"
             args.append(queue)
-        conn = self.conn
         if not fetch.lifo:
             rows = conn.execute(
                 f"SELECT pk FROM conveyor_jobs WHERE {where} ORDER BY priority, seq LIMIT ?",
