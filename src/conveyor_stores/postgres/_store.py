@@ -692,6 +692,9 @@ class _Listener:
             ).format(registry)
         )
         with conn.transaction():
+            # (bounded: stopping the store waits for this thread; a claim or completion holds
+            # the lock for milliseconds, and a failure here is retried like a lost connection)
+            conn.execute("SET LOCAL lock_timeout = '5s'")
             conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self._barrier,))
 
     def _unregister(self, conn: psycopg.Connection[Any]) -> None:
