@@ -20,6 +20,7 @@ from psycopg import sql
 from conveyor import GroupLimits, Job, Queue, open_worker, store_from_url
 from conveyor.store import (
     WAKE_EVENTS,
+    FetchOptions,
     Group,
     JobOutcome,
     JobState,
@@ -483,14 +484,15 @@ async def test_a_claim_does_not_walk_past_the_jobs_of_paused_names(
         assert job.name == "paused"
 
 
+@pytest.mark.parametrize("lifo", [False, True])
 async def test_a_locked_claim_does_not_walk_past_the_jobs_of_paused_names(
-    pg_dsn: str, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+    pg_dsn: str, anyio_backend: str, monkeypatch: pytest.MonkeyPatch, lifo: bool
 ) -> None:
-    """The claim that takes the schema lock (jobs of groups waiting, limits) reads a lane's
-    candidates the same way while names are paused: each waiting name once."""
+    """The claim that takes the schema lock (jobs of groups waiting, limits, LIFO) reads a
+    lane's candidates the same way while names are paused: each waiting name once."""
     from conveyor_stores.postgres._wire import PgConnection
 
-    schema = f"paused_locked_{anyio_backend}"
+    schema = f"paused_locked_{anyio_backend}_{lifo}"
     async with PgStore(pg_dsn, schema=schema) as store:
         await store.truncate_all()
         queue = Queue("q", store=store)
@@ -507,11 +509,16 @@ async def test_a_locked_claim_does_not_walk_past_the_jobs_of_paused_names(
             return await pipeline(self, statements)
 
         monkeypatch.setattr(PgConnection, "pipeline", spy)
-        claimed = await store.fetch_next_jobs("q", "w", 30, 4)
+        claimed = await store.fetch_next_jobs("q", "w", 30, 4, FetchOptions(lifo=lifo))
         monkeypatch.undo()
         assert [job.name for job in claimed] == ["b"] * 4
         # (the side-by-side claim, which found jobs of a group waiting, begins WITH clock)
-        lanes = [s for s in sent if b"SKIP LOCKED" in s[0] and not s[0].startswith(b"WITH clock")]
+        lanes = [
+            s
+            for s in sent
+            if (b"SKIP LOCKED" in s[0] or b"min(priority)" in s[0])
+            and not s[0].startswith(b"WITH clock")
+        ]
         assert lanes  # (the candidates of each lane: the group's, the group-less one)
         wire = await PgConnection.connect(pg_dsn, prepare=False)
         try:

@@ -357,8 +357,9 @@ async def test_truncate_all_empties_the_file_but_keeps_the_schema(
         assert await claim_ids(store) == ["again"]
 
 
+@pytest.mark.parametrize("lifo", [False, True])
 async def test_a_claim_does_not_walk_past_the_jobs_of_paused_names(
-    tmp_path: Path, anyio_backend: str
+    tmp_path: Path, anyio_backend: str, lifo: bool
 ) -> None:
     """With a job name paused, a claim once stepped through every waiting job of that name
     ahead of the others, at every claim. It now seeks each waiting name once: the work of a
@@ -378,7 +379,7 @@ async def test_a_claim_does_not_walk_past_the_jobs_of_paused_names(
 
             assert store._conn is not None
             store._conn.set_progress_handler(step, 1)
-            assert len(await claim_ids(store, limit=5)) == 5
+            assert len(await claim_ids(store, limit=5, lifo=lifo)) == 5
             store._conn.set_progress_handler(None, 1)
             return count
 

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import re
@@ -539,8 +541,27 @@ class _Tx(JobTx):
             )
             return [row[0] for row in rows]
         elif paused:
-            where += " AND name <> ALL(?::text[])"
-            args.append(sorted(paused))
+            # (newest first: the same, with each name's jobs read one priority at a time)
+            [(names,)] = await self.execute(
+                """WITH RECURSIVE seen(name) AS (
+                    (SELECT j.name FROM {jobs} AS j
+                    WHERE j.queue = ? AND j.lane = ? AND j.state = 'waiting'
+                    ORDER BY j.name LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT j.name FROM {jobs} AS j
+                        WHERE j.queue = ? AND j.lane = ? AND j.state = 'waiting'
+                            AND j.name > seen.name
+                        ORDER BY j.name LIMIT 1)
+                    FROM seen WHERE seen.name IS NOT NULL)
+                SELECT ARRAY(SELECT name FROM seen WHERE name IS NOT NULL)""",
+                (queue, lane, queue, lane),
+            )
+            heads = [
+                await self._newest_first(f"{where} AND name = ?", [*args, name], limit)
+                for name in names
+                if name not in paused
+            ]
+            return [pk for _key, pk in heapq.nsmallest(limit, itertools.chain(*heads))]
         # Rows that a claim running beside this one holds are skipped, as that claim skips ours.
         if not fetch.lifo:
             rows = await self.execute(
@@ -549,8 +570,15 @@ class _Tx(JobTx):
                 (*args, limit),
             )
             return [row[0] for row in rows]
-        # LIFO: the newest of the most urgent priority first, one priority at a time.
-        out: list[int] = []
+        return [pk for _key, pk in await self._newest_first(where, args, limit)]
+
+    async def _newest_first(
+        self, where: str, args: list[Any], limit: int
+    ) -> list[tuple[tuple[int, int], int]]:
+        """Up to ``limit`` waiting jobs ``WHERE ...`` in LIFO claim order, as ``((priority,
+        -seq), pk)``: the newest of the most urgent priority first, one priority at a time
+        (so the index serves each step; mixed sort directions would sort the whole lane)."""
+        out: list[tuple[tuple[int, int], int]] = []
         priority: int | None = None
         while len(out) < limit:
             row = await self.one(
@@ -562,11 +590,11 @@ class _Tx(JobTx):
                 break
             priority = int(row[0])
             rows = await self.execute(
-                f"""SELECT pk FROM {{jobs}} WHERE {where} AND priority = ?
+                f"""SELECT seq, pk FROM {{jobs}} WHERE {where} AND priority = ?
                 ORDER BY seq DESC LIMIT ? FOR UPDATE SKIP LOCKED""",
                 (*args, priority, limit - len(out)),
             )
-            out.extend(r[0] for r in rows)
+            out.extend(((priority, -seq), pk) for seq, pk in rows)
         return out
 
 

@@ -336,52 +336,53 @@ class _Tx(JobTx):
     ) -> list[int]:
         where = "queue = ? AND lane = ? AND state = 'waiting'"
         args: list[Any] = [queue, lane]
-        conn = self.conn
         if fetch.job_name is not None:
             where += " AND name = ?"
             args.append(fetch.job_name)
-        elif paused and not fetch.lifo:
+        elif paused:
             # Not past every waiting job of the paused names: the first jobs of each other
             # waiting name (one index seek a name), the first of those in claim order.
-            names = [
-                row[0]
-                for row in conn.execute(
-                    """WITH RECURSIVE seen(name) AS (
-                        SELECT (SELECT name FROM conveyor_jobs
-                            WHERE queue = ?1 AND lane = ?2 AND state = 'waiting'
-                            ORDER BY name LIMIT 1)
-                        UNION ALL
-                        SELECT (SELECT name FROM conveyor_jobs
-                            WHERE queue = ?1 AND lane = ?2 AND state = 'waiting'
-                                AND name > seen.name
-                            ORDER BY name LIMIT 1)
-                        FROM seen WHERE seen.name IS NOT NULL)
-                    SELECT name FROM seen WHERE name IS NOT NULL""",
-                    (queue, lane),
-                )
-                if row[0] not in paused
-            ]
             heads = [
-                conn.execute(
-                    f"""SELECT priority, seq, pk FROM conveyor_jobs WHERE {where} AND name = ?
-                    ORDER BY priority, seq LIMIT ?""",
-                    (*args, name, limit),
-                ).fetchall()
-                for name in names
+                self._ordered(f"{where} AND name = ?", [*args, name], fetch.lifo, limit)
+                for name in self._waiting_names(queue, lane)
+                if name not in paused
             ]
-            return [row[2] for row in heapq.nsmallest(limit, itertools.chain(*heads))]
-        elif paused:
-            where += " AND name NOT IN (SELECT name FROM conveyor_paused WHERE queue = ?)"
-            args.append(queue)
-        if not fetch.lifo:
+            return [pk for _key, pk in heapq.nsmallest(limit, itertools.chain(*heads))]
+        return [pk for _key, pk in self._ordered(where, args, fetch.lifo, limit)]
+
+    def _waiting_names(self, queue: str, lane: str) -> list[str]:
+        """The names of a lane's waiting jobs, one index seek each."""
+        rows = self.conn.execute(
+            """WITH RECURSIVE seen(name) AS (
+                SELECT (SELECT name FROM conveyor_jobs
+                    WHERE queue = ?1 AND lane = ?2 AND state = 'waiting'
+                    ORDER BY name LIMIT 1)
+                UNION ALL
+                SELECT (SELECT name FROM conveyor_jobs
+                    WHERE queue = ?1 AND lane = ?2 AND state = 'waiting' AND name > seen.name
+                    ORDER BY name LIMIT 1)
+                FROM seen WHERE seen.name IS NOT NULL)
+            SELECT name FROM seen WHERE name IS NOT NULL""",
+            (queue, lane),
+        )
+        return [str(row[0]) for row in rows]
+
+    def _ordered(
+        self, where: str, args: list[Any], lifo: bool, limit: int
+    ) -> list[tuple[tuple[int, int], int]]:
+        """Up to ``limit`` waiting jobs ``WHERE ...`` in claim order: ``((priority, order),
+        pk)``, the order ``seq`` (or ``-seq``, newest first, with ``lifo``)."""
+        conn = self.conn
+        if not lifo:
             rows = conn.execute(
-                f"SELECT pk FROM conveyor_jobs WHERE {where} ORDER BY priority, seq LIMIT ?",
+                f"""SELECT priority, seq, pk FROM conveyor_jobs WHERE {where}
+                ORDER BY priority, seq LIMIT ?""",
                 (*args, limit),
             ).fetchall()
-            return [row[0] for row in rows]
+            return [((priority, seq), pk) for priority, seq, pk in rows]
         # LIFO: the newest of the most urgent priority first, one priority at a time (so the
         # index serves each step; mixed sort directions would sort the whole lane).
-        out: list[int] = []
+        out: list[tuple[tuple[int, int], int]] = []
         priority: int | None = None
         while len(out) < limit:
             row = conn.execute(
@@ -393,11 +394,11 @@ class _Tx(JobTx):
                 break
             priority = int(row[0])
             rows = conn.execute(
-                f"""SELECT pk FROM conveyor_jobs WHERE {where} AND priority = ?
+                f"""SELECT seq, pk FROM conveyor_jobs WHERE {where} AND priority = ?
                 ORDER BY seq DESC LIMIT ?""",
                 (*args, priority, limit - len(out)),
             ).fetchall()
-            out.extend(r[0] for r in rows)
+            out.extend(((priority, -seq), pk) for seq, pk in rows)
         return out
 
 
