@@ -153,6 +153,19 @@ _EVENTS_WANTED = """(current_setting('conveyor.quiet', true) IS DISTINCT FROM 't
     OR EXISTS (SELECT 1 FROM {listeners}))"""
 """Whether a claim or a completion sends its events: some process listens to every event, or
 the transaction could not rule that out (``_QUIET``)."""
+_WAITING_NAMES = """WITH RECURSIVE seen(name) AS (
+    (SELECT j.name FROM {jobs} AS j
+    WHERE j.queue = ? AND j.lane = ? AND j.state = 'waiting'
+    ORDER BY j.name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.name FROM {jobs} AS j
+        WHERE j.queue = ? AND j.lane = ? AND j.state = 'waiting' AND j.name > seen.name
+        ORDER BY j.name LIMIT 1)
+    FROM seen WHERE seen.name IS NOT NULL)"""
+"""The names of a lane's waiting jobs, one seek each on the claim-by-name index: the rows of
+``seen`` (the last one NULL). Parameters: queue, lane, queue, lane. While names are paused, a
+claim reads these and the first jobs of each name not paused, instead of stepping past every
+waiting job of the paused names."""
 _SHARD = f"(pg_backend_pid() % {SHARDS})::smallint"
 """The shard of the queue totals and metrics rows a transaction adds to: its connection's."""
 _CLAIM_CACHE = 10_000
@@ -520,18 +533,9 @@ class _Tx(JobTx):
             # Not past every waiting job of the paused names: the first jobs of each other
             # waiting name (one index seek a name), the first of those in claim order.
             rows = await self.execute(
-                """WITH RECURSIVE seen(name) AS (
-                    (SELECT j.name FROM {jobs} AS j
-                    WHERE j.queue = ? AND j.lane = ? AND j.state = 'waiting'
-                    ORDER BY j.name LIMIT 1)
-                    UNION ALL
-                    SELECT (SELECT j.name FROM {jobs} AS j
-                        WHERE j.queue = ? AND j.lane = ? AND j.state = 'waiting'
-                            AND j.name > seen.name
-                        ORDER BY j.name LIMIT 1)
-                    FROM seen WHERE seen.name IS NOT NULL)
+                f"""{_WAITING_NAMES}
                 SELECT c.pk FROM seen CROSS JOIN LATERAL (
-                    SELECT j.pk, j.priority, j.seq FROM {jobs} AS j
+                    SELECT j.pk, j.priority, j.seq FROM {{jobs}} AS j
                     WHERE j.queue = ? AND j.lane = ? AND j.state = 'waiting'
                         AND j.name = seen.name
                     ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE SKIP LOCKED) AS c
@@ -543,16 +547,7 @@ class _Tx(JobTx):
         elif paused:
             # (newest first: the same, with each name's jobs read one priority at a time)
             [(names,)] = await self.execute(
-                """WITH RECURSIVE seen(name) AS (
-                    (SELECT j.name FROM {jobs} AS j
-                    WHERE j.queue = ? AND j.lane = ? AND j.state = 'waiting'
-                    ORDER BY j.name LIMIT 1)
-                    UNION ALL
-                    SELECT (SELECT j.name FROM {jobs} AS j
-                        WHERE j.queue = ? AND j.lane = ? AND j.state = 'waiting'
-                            AND j.name > seen.name
-                        ORDER BY j.name LIMIT 1)
-                    FROM seen WHERE seen.name IS NOT NULL)
+                f"""{_WAITING_NAMES}
                 SELECT ARRAY(SELECT name FROM seen WHERE name IS NOT NULL)""",
                 (queue, lane, queue, lane),
             )
@@ -1499,33 +1494,24 @@ class PgStore(StoreBase):
                 ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED)"""
             args += [queue, fetch.job_name, queue, queue, ALL_JOB_NAMES, queue, limit]
         else:
-            picked = """paused AS MATERIALIZED (
-                SELECT ARRAY(SELECT p.name FROM {paused} AS p WHERE p.queue = ?) AS names),
+            picked = f"""paused AS MATERIALIZED (
+                SELECT ARRAY(SELECT p.name FROM {{paused}} AS p WHERE p.queue = ?) AS names),
             gate AS MATERIALIZED (
                 SELECT cardinality(paused.names) = 0 AS plain,
-                    NOT ?::text = ANY(paused.names) AND NOT EXISTS (SELECT 1 FROM {lanes} AS l
+                    NOT ?::text = ANY(paused.names) AND NOT EXISTS (SELECT 1 FROM {{lanes}} AS l
                         WHERE l.queue = ? AND l.waiting > 0) AS open
                 FROM paused),
             picked AS (
                 SELECT s.pk, s.priority, s.seq FROM (
-                    SELECT j.pk, j.priority, j.seq FROM {jobs} AS j
+                    SELECT j.pk, j.priority, j.seq FROM {{jobs}} AS j
                     WHERE (SELECT g.plain AND g.open FROM gate AS g)
                         AND j.queue = ? AND j.lane = '' AND j.state = 'waiting'
                     ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED) AS s
                 UNION ALL
                 SELECT t.pk, t.priority, t.seq FROM (
-                    WITH RECURSIVE seen(name) AS (
-                        (SELECT j.name FROM {jobs} AS j
-                        WHERE j.queue = ? AND j.lane = '' AND j.state = 'waiting'
-                        ORDER BY j.name LIMIT 1)
-                        UNION ALL
-                        SELECT (SELECT j.name FROM {jobs} AS j
-                            WHERE j.queue = ? AND j.lane = '' AND j.state = 'waiting'
-                                AND j.name > seen.name
-                            ORDER BY j.name LIMIT 1)
-                        FROM seen WHERE seen.name IS NOT NULL)
+                    {_WAITING_NAMES}
                     SELECT c.pk, c.priority, c.seq FROM seen CROSS JOIN paused CROSS JOIN LATERAL (
-                        SELECT j.pk, j.priority, j.seq FROM {jobs} AS j
+                        SELECT j.pk, j.priority, j.seq FROM {{jobs}} AS j
                         WHERE j.queue = ? AND j.lane = '' AND j.state = 'waiting'
                             AND j.name = seen.name
                         ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED) AS c
@@ -1533,7 +1519,8 @@ class PgStore(StoreBase):
                         AND seen.name IS NOT NULL
                         AND seen.name <> ALL(paused.names)
                     ORDER BY c.priority, c.seq LIMIT ?) AS t)"""
-            args += [queue, ALL_JOB_NAMES, queue, queue, limit, queue, queue, queue, limit, limit]
+            args += [queue, ALL_JOB_NAMES, queue, queue, limit, queue, "", queue, "", queue, limit]
+            args.append(limit)
         claim = self._sql(
             f"""WITH clock AS MATERIALIZED (
                 SELECT coalesce(?::float8, extract(epoch FROM clock_timestamp())::float8) AS t),
