@@ -42,8 +42,6 @@ Tables (the same shape as the SQLite store's; see ``conveyor_stores/sqlite/_sche
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from psycopg import sql
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SHARDS", "qualified"]
@@ -228,33 +226,33 @@ CREATE TABLE {listeners} (
 );
 """
 
-MIGRATIONS: list[tuple[str, Callable[[dict[str, str]], list[str]]]] = [
+MIGRATIONS: list[tuple[str, str]] = [
     (
         "jobs, lanes, queues, pauses, rate windows, metrics",
-        lambda names: [_V1.format(**names)],
+        _V1,
     ),
     (
         "one sequence for every seq, so that claims and completions need no counter row; "
         "events sent from inside a statement",
-        lambda names: [_V2.format(**names)],
+        _V2,
     ),
     (
         "records may leave out created_at and delay_until (a plain add writes them only in "
         "their columns); a conveyor older than this version would read them as missing",
-        lambda names: [_V3.format(**names)],
+        _V3,
     ),
     (
         "totals and metrics in rows per shard, so that completions written side by side do not "
         "wait on one row per queue",
-        lambda names: [_V4.format(**names)],
+        _V4,
     ),
     (
         "the listeners of every event, so that claims and completions send their events only "
         "while some process takes them",
-        lambda names: [_V5.format(**names)],
+        _V5,
     ),
 ]
-"""Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``: the statements
-to run, given the quoted names. Append only."""
+"""Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``: what it is, and
+its script (``str.format`` fills in the quoted names of :func:`qualified`). Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

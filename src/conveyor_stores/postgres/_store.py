@@ -163,9 +163,18 @@ _WAITING_NAMES = """WITH RECURSIVE seen(name) AS (
         ORDER BY j.name LIMIT 1)
     FROM seen WHERE seen.name IS NOT NULL)"""
 """The names of a lane's waiting jobs, one seek each on the claim-by-name index: the rows of
-``seen`` (the last one NULL). Parameters: queue, lane, queue, lane. While names are paused, a
-claim reads these and the first jobs of each name not paused, instead of stepping past every
-waiting job of the paused names."""
+``seen`` (the last one NULL). Parameters: queue, lane, queue, lane."""
+_FIRST_OF_EACH_NAME = f"""{_WAITING_NAMES}
+SELECT c.pk, c.priority, c.seq FROM seen CROSS JOIN LATERAL (
+    SELECT j.pk, j.priority, j.seq FROM {{jobs}} AS j
+    WHERE j.queue = ? AND j.lane = ? AND j.state = 'waiting' AND j.name = seen.name
+    ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED) AS c
+WHERE seen.name IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM {{paused}} AS p WHERE p.queue = ? AND p.name = seen.name)
+ORDER BY c.priority, c.seq LIMIT ?"""
+"""A lane's first ``limit`` claimable jobs in claim order while names are paused: the first
+jobs of each waiting name not paused, not a walk past every waiting job of the paused names.
+Parameters: queue, lane (twice, for the names), queue, lane, limit, queue, limit."""
 _SHARD = f"(pg_backend_pid() % {SHARDS})::smallint"
 """The shard of the queue totals and metrics rows a transaction adds to: its connection's."""
 _CLAIM_CACHE = 10_000
@@ -533,15 +542,7 @@ class _Tx(JobTx):
             # Not past every waiting job of the paused names: the first jobs of each other
             # waiting name (one index seek a name), the first of those in claim order.
             rows = await self.execute(
-                f"""{_WAITING_NAMES}
-                SELECT c.pk FROM seen CROSS JOIN LATERAL (
-                    SELECT j.pk, j.priority, j.seq FROM {{jobs}} AS j
-                    WHERE j.queue = ? AND j.lane = ? AND j.state = 'waiting'
-                        AND j.name = seen.name
-                    ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE SKIP LOCKED) AS c
-                WHERE seen.name IS NOT NULL AND seen.name <> ALL(?::text[])
-                ORDER BY c.priority, c.seq LIMIT ?""",
-                (queue, lane, queue, lane, queue, lane, limit, sorted(paused), limit),
+                _FIRST_OF_EACH_NAME, (queue, lane, queue, lane, queue, lane, limit, queue, limit)
             )
             return [row[0] for row in rows]
         elif paused:
@@ -979,9 +980,8 @@ class PgStore(StoreBase):
                         applied_at timestamptz NOT NULL DEFAULT now())""".format(**names).encode()
                 )
                 for number in range(version + 1, SCHEMA_VERSION + 1):
-                    name, step = MIGRATIONS[number - 1]
-                    for script in step(names):
-                        await conn.execute_script(script.encode())
+                    name, script = MIGRATIONS[number - 1]
+                    await conn.execute_script(script.format(**names).encode())
                     await conn.execute(
                         self._sql("INSERT INTO {migrations} (version, name) VALUES (?, ?)"),
                         (number, name),
@@ -1508,19 +1508,10 @@ class PgStore(StoreBase):
                         AND j.queue = ? AND j.lane = '' AND j.state = 'waiting'
                     ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED) AS s
                 UNION ALL
-                SELECT t.pk, t.priority, t.seq FROM (
-                    {_WAITING_NAMES}
-                    SELECT c.pk, c.priority, c.seq FROM seen CROSS JOIN paused CROSS JOIN LATERAL (
-                        SELECT j.pk, j.priority, j.seq FROM {{jobs}} AS j
-                        WHERE j.queue = ? AND j.lane = '' AND j.state = 'waiting'
-                            AND j.name = seen.name
-                        ORDER BY j.priority, j.seq LIMIT ? FOR UPDATE OF j SKIP LOCKED) AS c
-                    WHERE (SELECT NOT g.plain AND g.open FROM gate AS g)
-                        AND seen.name IS NOT NULL
-                        AND seen.name <> ALL(paused.names)
-                    ORDER BY c.priority, c.seq LIMIT ?) AS t)"""
-            args += [queue, ALL_JOB_NAMES, queue, queue, limit, queue, "", queue, "", queue, limit]
-            args.append(limit)
+                SELECT t.pk, t.priority, t.seq FROM ({_FIRST_OF_EACH_NAME}) AS t
+                WHERE (SELECT NOT g.plain AND g.open FROM gate AS g))"""
+            args += [queue, ALL_JOB_NAMES, queue, queue, limit]
+            args += [queue, "", queue, "", queue, "", limit, queue, limit]
         claim = self._sql(
             f"""WITH clock AS MATERIALIZED (
                 SELECT coalesce(?::float8, extract(epoch FROM clock_timestamp())::float8) AS t),
