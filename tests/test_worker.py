@@ -860,10 +860,12 @@ class _SlowWrites(conveyor_stores.memory.MemoryStore):
         return await super().finish_jobs(outcomes)
 
 
-async def test_a_worker_holds_at_most_twice_its_concurrency_in_locks(anyio_backend: str) -> None:
+async def test_a_worker_holds_at_most_three_times_its_concurrency_in_locks(
+    anyio_backend: str,
+) -> None:
     """Finished jobs keep their locks until their outcomes are written; while writes lag, the
-    worker stops claiming at twice its concurrency in locks, and goes on once they land."""
-    async with _SlowWrites(bound=4) as store:
+    worker stops claiming at three times its concurrency in locks, and goes on once they land."""
+    async with _SlowWrites(bound=6) as store:
         queue = Queue("q", store=store)
         jobs = [await queue.add("quick", {"n": n}) for n in range(20)]
         active = 0
@@ -872,7 +874,7 @@ async def test_a_worker_holds_at_most_twice_its_concurrency_in_locks(anyio_backe
         def on_active(event: StoreEvent) -> None:
             nonlocal active
             active += 1
-            if active == 4:
+            if active == 6:
                 full.set()
 
         store.subscribe("q", lambda e: on_active(e) if e.type == "active" else None)
