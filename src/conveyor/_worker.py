@@ -389,7 +389,7 @@ class Worker:
         call is written, the jobs finishing meanwhile wait for the next. With room for one
         claim's jobs running, one call being written and one waiting, the claim, the jobs and
         the writes all go on at once. At twice, a worker of quick jobs claimed only after each
-        write had landed (claim and write took turns): a single worker drained 15-20% fewer
+        write had landed (claim and write took turns): a single worker drained about 15% fewer
         jobs a second at concurrency 10 on PostgreSQL (bench/README.md)."""
         units = self._units
         return (
