@@ -39,6 +39,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import re
 import select
 import socket
@@ -1038,20 +1039,21 @@ class PgStore(StoreBase):
         """Run ``body`` in one read-only transaction (a consistent snapshot)."""
         return await self._run(body, write=False, locked=False)
 
-    async def _read_alone(self, query: str, params: Sequence[Any] = ()) -> Rows:
-        """The rows of one reading statement run on its own (its own snapshot): one round
-        trip, where a read transaction takes three."""
+    async def _read_alone(self, body: Callable[[_Tx], Awaitable[T]]) -> T:
+        """Run ``body``, a read of one statement, on its own (its own snapshot, outside any
+        transaction): one round trip, where a read transaction takes three. ``body`` gets a
+        ``_Tx`` with no time (``now`` is NaN): reads that need the time, or more than one
+        statement, go through :meth:`_read`."""
         self._check_connected()
         try:
             async with self._pool.connection() as conn:
-                return await conn.execute(self._sql(query), params)
+                return await body(_Tx(self, conn, math.nan, write=False))
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL error ({self._where()}): {exc}") from exc
 
-    async def _read_jobs(self, where: str, params: Sequence[Any]) -> list[Row]:
-        """The jobs ``WHERE ...``, read by one statement on its own."""
-        rows = await self._read_alone(f"SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE {where}", params)
-        return [_load(row) for row in rows]
+    async def _query_alone(self, query: str, params: Sequence[Any] = ()) -> Rows:
+        """The rows of one reading statement run on its own (see :meth:`_read_alone`)."""
+        return await self._read_alone(lambda tx: tx.execute(query, params))
 
     async def _run(self, body: Callable[[_Tx], Awaitable[T]], *, write: bool, locked: bool) -> T:
         self._check_connected()
@@ -1378,12 +1380,14 @@ class PgStore(StoreBase):
     async def get_job(self, queue_name: str, job_id: str) -> JobData | None:
         check_name(queue_name, "queue_name")
         check_name(job_id, "job_id")
-        rows = await self._read_jobs("queue = ? AND id = ?", (queue_name, job_id))
-        return rows[0].job if rows else None
+        row = await self._read_alone(lambda tx: tx.find(queue_name, job_id))
+        return None if row is None else row.job
 
     async def find_job_by_id(self, job_id: str) -> JobData | None:
         check_name(job_id, "job_id")
-        rows = await self._read_jobs("id = ? ORDER BY pk LIMIT 1", (job_id,))
+        rows = await self._read_alone(
+            lambda tx: tx.rows_of("id = ? ORDER BY pk LIMIT 1", (job_id,))
+        )
         return rows[0].job if rows else None
 
     async def find_by_deduplication_key(self, queue_name: str, key: str) -> JobData | None:
@@ -1971,9 +1975,7 @@ class PgStore(StoreBase):
         check_name(parent_queue_name, "parent_queue_name")
         check_name(parent_id, "parent_id")
 
-        rows = await self._read_jobs(
-            "parent_queue = ? AND parent_id = ? ORDER BY pk", (parent_queue_name, parent_id)
-        )
+        rows = await self._read_alone(lambda tx: tx.children(parent_queue_name, parent_id))
         return [row.job for row in rows]
 
     # -- stalled jobs ------------------------------------------------------------------------------
@@ -2018,24 +2020,23 @@ class PgStore(StoreBase):
         }.get(state, "seq")
         count = None if end == -1 else max(end - start + 1, 0)
 
-        rows = await self._read_jobs(
-            f"queue = ? AND state = ? ORDER BY {order} LIMIT ? OFFSET ?",
-            (queue_name, state.value, count, start),
+        rows = await self._read_alone(
+            lambda tx: tx.rows_of(
+                f"queue = ? AND state = ? ORDER BY {order} LIMIT ? OFFSET ?",
+                (queue_name, state.value, count, start),
+            )
         )
         return [row.job for row in rows]
 
     async def count_jobs(self, queue_name: str, state: JobState) -> int:
         check_name(queue_name, "queue_name")
         state = JobState.parse(state)
-        [(count,)] = await self._read_alone(
-            "SELECT count(*) FROM {jobs} WHERE queue = ? AND state = ?", (queue_name, state.value)
-        )
-        return int(count)
+        return await self._read_alone(lambda tx: tx.count_state(queue_name, state))
 
     async def get_job_counts(self, queue_name: str) -> dict[JobState, int]:
         check_name(queue_name, "queue_name")
 
-        rows = await self._read_alone(
+        rows = await self._query_alone(
             "SELECT state, count(*) FROM {jobs} WHERE queue = ? GROUP BY state", (queue_name,)
         )
         found = {str(state): int(count) for state, count in rows}
@@ -2044,7 +2045,7 @@ class PgStore(StoreBase):
     async def get_next_delayed_timestamp(self, queue_name: str) -> datetime | None:
         check_name(queue_name, "queue_name")
 
-        rows = await self._read_alone(
+        rows = await self._query_alone(
             """SELECT delay_until FROM {jobs} WHERE queue = ? AND state = 'delayed'
             ORDER BY delay_until LIMIT 1""",
             (queue_name,),
@@ -2053,7 +2054,7 @@ class PgStore(StoreBase):
 
     async def list_queues(self) -> list[str]:
         # Distinct queue names by index seeks, one per queue (not a scan of every job).
-        rows = await self._read_alone(
+        rows = await self._query_alone(
             """WITH RECURSIVE names(name) AS (
                 SELECT min(queue) FROM {jobs}
                 UNION ALL
@@ -2072,7 +2073,7 @@ class PgStore(StoreBase):
         check_name(queue_name, "queue_name")
         check_name(group_id, "group_id")
 
-        rows = await self._read_alone(
+        rows = await self._query_alone(
             f"SELECT {column} FROM {{lanes}} WHERE queue = ? AND lane = ?", (queue_name, group_id)
         )
         return int(rows[0][0]) if rows else 0
@@ -2172,7 +2173,7 @@ class PgStore(StoreBase):
     async def get_paused_job_names(self, queue_name: str) -> list[str]:
         check_name(queue_name, "queue_name")
 
-        rows = await self._read_alone(
+        rows = await self._query_alone(
             'SELECT name FROM {paused} WHERE queue = ? ORDER BY name COLLATE "C"', (queue_name,)
         )
         return [str(row[0]) for row in rows]
