@@ -88,13 +88,15 @@ def _check(fn: CheckFn) -> CheckFn:
 
 
 def contract_checks() -> list[ContractCheck]:
-    """Every check of the contract suite, to run one by one (say, as parametrized tests)::
+    """Every check of the contract suite, to run one by one.
 
-    @pytest.mark.anyio
-    @pytest.mark.parametrize("check", contract_checks(), ids=lambda c: c.name)
-    async def test_contract(check: ContractCheck) -> None:
-        async with my_store() as fixture:
-            await check(fixture)
+    Say, as parametrized tests::
+
+        @pytest.mark.anyio
+        @pytest.mark.parametrize("check", contract_checks(), ids=lambda c: c.name)
+        async def test_contract(check: ContractCheck) -> None:
+            async with my_store() as fixture:
+                await check(fixture)
     """
     return list(_CHECKS)
 
