@@ -13,8 +13,10 @@ to completion on the spot with :func:`run_now`.
 from __future__ import annotations
 
 import abc
+import heapq
+import itertools
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -42,7 +44,7 @@ from conveyor.store import (
 from conveyor.store._base import add_attempt
 from conveyor.store._serializer import _encode_job as encode_job
 
-__all__ = ["JobTx", "Row", "record_fields", "record_json", "run_now"]
+__all__ = ["JobTx", "Row", "first_in_claim_order", "record_fields", "record_json", "run_now"]
 
 T = TypeVar("T")
 
@@ -60,6 +62,14 @@ def run_now(coro: Coroutine[Any, Any, T]) -> T:
         return stop.value  # type: ignore[no-any-return]
     coro.close()
     raise RuntimeError("a transaction body waited on something; it must not")
+
+
+def first_in_claim_order(
+    heads: Iterable[Iterable[tuple[tuple[int, int], int]]], limit: int
+) -> list[int]:
+    """The first ``limit`` job keys of several lists, each already in claim order, as
+    ``((priority, order), key)``: a claim's candidates, merged across job names."""
+    return [key for _order, key in heapq.nsmallest(limit, itertools.chain.from_iterable(heads))]
 
 
 def record_json(job: JobData) -> str:

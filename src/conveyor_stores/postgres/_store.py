@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import heapq
-import itertools
 import json
 import logging
 import math
@@ -103,7 +101,7 @@ from conveyor.store._validate import (
     validate_new_job,
 )
 
-from .._jobs import JobTx, Row, record_fields, record_json
+from .._jobs import JobTx, Row, first_in_claim_order, record_fields, record_json
 from ._schema import MIGRATIONS, SCHEMA_VERSION, SHARDS, qualified
 from ._wire import PgConnection, PgPool, Rows
 
@@ -558,7 +556,7 @@ class _Tx(JobTx):
                 for name in names
                 if name not in paused
             ]
-            return [pk for _key, pk in heapq.nsmallest(limit, itertools.chain(*heads))]
+            return first_in_claim_order(heads, limit)
         # Rows that a claim running beside this one holds are skipped, as that claim skips ours.
         if not fetch.lifo:
             rows = await self.execute(

@@ -25,8 +25,6 @@ How it runs (the measurements behind these choices are in ``bench/sqlite_call_mo
 from __future__ import annotations
 
 import enum
-import heapq
-import itertools
 import json
 import os
 import random
@@ -88,7 +86,7 @@ from conveyor.store._validate import (
     validate_new_job,
 )
 
-from .._jobs import JobTx, Row, record_json, run_now
+from .._jobs import JobTx, Row, first_in_claim_order, record_json, run_now
 from ._background import Background
 from ._schema import check_database, migrate
 
@@ -347,7 +345,7 @@ class _Tx(JobTx):
                 for name in self._waiting_names(queue, lane)
                 if name not in paused
             ]
-            return [pk for _key, pk in heapq.nsmallest(limit, itertools.chain(*heads))]
+            return first_in_claim_order(heads, limit)
         return [pk for _key, pk in self._ordered(where, args, fetch.lifo, limit)]
 
     def _waiting_names(self, queue: str, lane: str) -> list[str]:
