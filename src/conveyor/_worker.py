@@ -92,7 +92,7 @@ BatchProcessor = Callable[[list[Job]], Any]
 _WRITE_TIMEOUT = 30.0
 """How long a shielded outcome write may take before the worker gives up on it (seconds)."""
 
-_LOCKS_PER_SLOT = 3
+_LOCKS_PER_CONCURRENCY = 3
 """A worker holds at most this many times its ``concurrency`` in locks (see ``Worker._room``)."""
 
 
@@ -394,7 +394,7 @@ class Worker:
         units = self._units
         return (
             units < self._concurrency
-            and units + self._writing < _LOCKS_PER_SLOT * self._concurrency
+            and units + self._writing < _LOCKS_PER_CONCURRENCY * self._concurrency
         )
 
     def _signal_work(self) -> None:
