@@ -891,6 +891,56 @@ async def test_a_worker_holds_at_most_three_times_its_concurrency_in_locks(
         assert (await store.get_job_counts("q"))[JobState.COMPLETED] == 20
 
 
+class _HeldClaims(conveyor_stores.memory.MemoryStore):
+    """A MemoryStore whose first claim, once it has its jobs, waits for ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claiming = anyio.Event()
+        self.release = anyio.Event()
+
+    async def fetch_next_jobs(self, queue_name: str, worker_id: str, lock_duration: Any,
+                              limit: int, opts: Any = None) -> list[conveyor.JobData]:  # fmt: skip
+        claimed = await super().fetch_next_jobs(queue_name, worker_id, lock_duration, limit, opts)
+        if not self.claiming.is_set():
+            self.claiming.set()
+            await self.release.wait()
+        return claimed
+
+
+@pytest.mark.parametrize("stop", ["pause", "close"])
+async def test_a_claim_in_flight_at_pause_or_close_is_handed_back_unstarted(
+    anyio_backend: str, stop: str
+) -> None:
+    """No job starts after ``pause()`` or ``close()``: jobs a claim brings back after it are
+    returned to ``waiting``, their attempts not counted (and, after a pause, run on resume)."""
+    async with _HeldClaims() as store:
+        queue = Queue("q", store=store)
+        job = await queue.add("n")
+        given_back = anyio.Event()
+        store.subscribe("q", lambda e: given_back.set() if e.type == "waiting" else None)
+        ran: list[str] = []
+
+        async def work(job: Job) -> None:
+            ran.append(job.id)
+
+        async with open_worker("q", work, store=store, **FAST) as worker:
+            with anyio.fail_after(10):
+                await store.claiming.wait()
+            worker.pause() if stop == "pause" else worker.close()
+            store.release.set()
+            with anyio.fail_after(10):
+                await given_back.wait()
+            data = (await job.refresh()).record
+            assert (data.state, data.attempts_made, data.locked_by, ran) == (
+                JobState.WAITING, 0, None, [])  # fmt: skip
+            if stop == "pause":
+                worker.resume()
+                await job.wait_until_finished(timeout=10)
+                assert ran == [job.id]
+        assert ran == ([job.id] if stop == "pause" else [])
+
+
 async def test_finished_jobs_leave_no_reference_cycles(anyio_backend: str) -> None:
     """A job's worker-side objects are freed when it ends, not left for the garbage collector:
     with a cycle per job, a fast drain spends a fifth of its time in full collections."""

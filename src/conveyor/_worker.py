@@ -304,7 +304,8 @@ class Worker:
         return len(self._running)
 
     def pause(self) -> None:
-        """Stop claiming new jobs (running ones go on)."""
+        """Stop claiming new jobs: no job starts after this (a claim in flight is handed
+        back), and running ones go on."""
         self._paused = True
 
     def resume(self) -> None:
@@ -368,12 +369,15 @@ class Worker:
                 backoff = 0.0
                 if not claimed:
                     break
-                for entries in claimed:
-                    unit = _Unit(entries)
-                    for entry in entries:
-                        entry.unit = unit
-                    self._units += 1
-                    self._ready.append(unit)
+                units = [self._unit(entries) for entries in claimed]
+                if self._paused and not self._closing:
+                    # Paused while claiming: nothing starts after pause(). (Closed while
+                    # claiming, the units are handed back with the others, below.)
+                    with anyio.CancelScope(shield=True):
+                        for unit in units:
+                            await self._give_back(unit)
+                    break
+                self._ready.extend(units)
                 if self._closing:  # closed while claiming: nothing starts after close()
                     break
                 self._signal_work()
@@ -448,14 +452,27 @@ class Worker:
                 if unit is not None:  # stopped while its processor ran (also from outside
                     await self._settle(unit, None)  # the worker: its jobs are given back)
 
+    def _unit(self, entries: list[_Running]) -> _Unit:
+        """A unit of claimed jobs, counted as running from now until it ends or is given back."""
+        unit = _Unit(entries)
+        for entry in entries:
+            entry.unit = unit
+        self._units += 1
+        return unit
+
     async def _release_ready(self) -> None:
         while self._ready:
             unit = self._ready.popleft()
             for entry in unit.entries:
                 entry.stop = entry.stop or _Stop.SHUTDOWN
-            await self._record(unit, None)
-            self._drop(unit)
-            self._units -= 1
+            await self._give_back(unit)
+
+    async def _give_back(self, unit: _Unit) -> None:
+        """Hand back a unit that never started: its jobs return to ``waiting``, their
+        attempts not counted."""
+        await self._record(unit, None)
+        self._drop(unit)
+        self._units -= 1
 
     def _track(self, claimed: list[JobData]) -> list[_Running]:
         entries = [_Running(Job(data, self._store, worker=self), data.lock_token or "")
