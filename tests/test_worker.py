@@ -655,6 +655,36 @@ async def test_batch_waits_to_fill(store_factory: StoreFactoryT) -> None:
         assert sizes == [3]
 
 
+async def test_pausing_a_worker_hands_back_the_batch_it_is_filling(
+    store_factory: StoreFactoryT,
+) -> None:
+    async with store_factory() as fx:
+        queue = Queue("q", store=fx.store)
+        sizes: list[int] = []
+        claimed = anyio.Semaphore(0)
+        fx.store.subscribe("q", lambda e: claimed.release() if e.type == "active" else None)
+
+        async def process(jobs: list[Job]) -> None:
+            sizes.append(len(jobs))
+
+        first = [await queue.add("n", i) for i in (0, 1)]
+        batch = conveyor.Batch(3, wait="30s")
+        async with open_worker("q", process, store=fx.store, batch=batch, **FAST) as worker:
+            with anyio.fail_after(10):
+                for _ in first:
+                    await claimed.acquire()  # both claimed; the batch waits for a third
+                worker.pause()
+            for job in first:
+                await wait_for_state(job, JobState.WAITING)
+                assert (await job.refresh()).record.attempts_made == 0
+            assert sizes == []
+            worker.resume()
+            last = await queue.add("n", 2)
+            for job in (*first, last):
+                assert await job.wait_until_finished(timeout=10) is None
+        assert sizes == [3]
+
+
 async def test_a_failing_batch_fails_every_job_in_it(store_factory: StoreFactoryT) -> None:
     async with store_factory() as fx:
         queue = Queue("q", store=fx.store)

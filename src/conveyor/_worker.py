@@ -307,6 +307,7 @@ class Worker:
         """Stop claiming new jobs: no job starts after this (a claim in flight is handed
         back), and running ones go on."""
         self._paused = True
+        self._wake()  # a batch being filled stops filling and is handed back
 
     def resume(self) -> None:
         """Claim jobs again after :meth:`pause`."""
@@ -497,7 +498,7 @@ class Worker:
         if self._batch.wait is None:
             return [entries]
         with anyio.move_on_after(self._batch.wait):
-            while len(entries) < limit and not self._closing:
+            while len(entries) < limit and not (self._closing or self._paused):
                 await self._sleep()
                 entries += self._track(
                     await self._store.fetch_next_jobs(
