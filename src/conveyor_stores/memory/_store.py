@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import urllib.parse
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -55,7 +55,6 @@ from conveyor.store import (
     StoreError,
     StoreEvent,
     SystemClock,
-    check_int,
     check_name,
     copy_json,
     from_timestamp,
@@ -64,17 +63,6 @@ from conveyor.store import (
     unstructure,
 )
 from conveyor.store._base import Lifecycle, StoreBase, add_attempt
-from conveyor.store._validate import (
-    check_event,
-    check_fetch,
-    check_jobs,
-    check_lock_duration,
-    check_metrics_query,
-    check_outcomes,
-    check_text,
-    check_updates,
-    validate_new_job,
-)
 
 __all__ = ["MemoryStore"]
 
@@ -420,34 +408,9 @@ class MemoryStore(StoreBase):
 
     # -- adding ------------------------------------------------------------------------------------
 
-    async def save_job(self, job: JobData) -> JobData:
-        clean = validate_new_job(job)
-        if clean.parent_id is not None:
-            raise InvalidArgumentError("job.parent_id", "children are added with save_flow()")
+    async def _save_jobs(self, jobs: list[JobData], *, flow: bool) -> list[JobData]:
         await self._enter()
-        return self._insert([clean], flow=False)[0]
-
-    async def save_bulk(self, jobs: Sequence[JobData]) -> list[JobData]:
-        clean = check_jobs(jobs)
-        for i, job in enumerate(clean):
-            if job.parent_id is not None:
-                raise InvalidArgumentError(
-                    f"jobs[{i}].parent_id", "children are added with save_flow()"
-                )
-        await self._enter()
-        return self._insert(clean, flow=False)
-
-    async def save_flow(self, jobs: Sequence[JobData]) -> list[JobData]:
-        clean = check_jobs(jobs)
-        members = {(job.queue_name, job.id) for job in clean}
-        for i, job in enumerate(clean):
-            if job.parent_id is not None and (job.parent_queue_name, job.parent_id) not in members:
-                raise InvalidArgumentError(
-                    f"jobs[{i}].parent_id",
-                    f"parent {job.parent_queue_name}:{job.parent_id} is not part of the flow",
-                )
-        await self._enter()
-        return self._insert(clean, flow=True)
+        return self._insert(jobs, flow=flow)
 
     def _insert(self, jobs: list[JobData], *, flow: bool) -> list[JobData]:
         now = self._clock.time()
@@ -522,15 +485,12 @@ class MemoryStore(StoreBase):
 
     # -- reading -----------------------------------------------------------------------------------
 
-    async def get_job(self, queue_name: str, job_id: str) -> JobData | None:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
+    async def _get_job(self, queue_name: str, job_id: str) -> JobData | None:
         await self._enter()
         job = self._find(queue_name, job_id)
         return None if job is None else job.copy()
 
-    async def find_job_by_id(self, job_id: str) -> JobData | None:
-        check_name(job_id, "job_id")
+    async def _find_job_by_id(self, job_id: str) -> JobData | None:
         await self._enter()
         for q in self._queues.values():
             job = q.jobs.get(job_id)
@@ -538,9 +498,7 @@ class MemoryStore(StoreBase):
                 return job.copy()
         return None
 
-    async def find_by_deduplication_key(self, queue_name: str, key: str) -> JobData | None:
-        check_name(queue_name, "queue_name")
-        check_name(key, "key")
+    async def _find_by_deduplication_key(self, queue_name: str, key: str) -> JobData | None:
         await self._enter()
         q = self._queues.get(queue_name)
         if q is None or (job_id := q.dedup.get(key)) is None:
@@ -550,19 +508,13 @@ class MemoryStore(StoreBase):
 
     # -- changing ----------------------------------------------------------------------------------
 
-    async def update_job(
+    async def _update_job(
         self,
         queue_name: str,
         job_id: str,
-        updates: Mapping[str, Any],
-        *,
-        expected_state: JobState | None = None,
+        clean: dict[str, Any],
+        expected_state: JobState | None,
     ) -> bool:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
-        clean = check_updates(updates)
-        if expected_state is not None:
-            expected_state = JobState.parse(expected_state, "expected_state")
         await self._enter()
         q = self._queues.get(queue_name)
         job = None if q is None else q.jobs.get(job_id)
@@ -613,10 +565,7 @@ class MemoryStore(StoreBase):
             )
         return True
 
-    async def add_log(self, queue_name: str, job_id: str, message: str) -> int:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
-        check_text(message, "message")
+    async def _add_log(self, queue_name: str, job_id: str, message: str) -> int:
         await self._enter()
         job = self._find(queue_name, job_id)
         if job is None:
@@ -624,9 +573,7 @@ class MemoryStore(StoreBase):
         job.logs.append(message)
         return len(job.logs)
 
-    async def remove_job(self, queue_name: str, job_id: str) -> bool:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
+    async def _remove_job(self, queue_name: str, job_id: str) -> bool:
         await self._enter()
         job = self._find(queue_name, job_id)
         if job is None:
@@ -652,9 +599,7 @@ class MemoryStore(StoreBase):
                 out.extend(self._descendants(child))
         return out
 
-    async def cancel_job(self, queue_name: str, job_id: str) -> JobData | None:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
+    async def _cancel_job(self, queue_name: str, job_id: str) -> JobData | None:
         await self._enter()
         q = self._queues.get(queue_name)
         job = None if q is None else q.jobs.get(job_id)
@@ -673,16 +618,9 @@ class MemoryStore(StoreBase):
 
     # -- claiming ----------------------------------------------------------------------------------
 
-    async def fetch_next_jobs(
-        self,
-        queue_name: str,
-        worker_id: str,
-        lock_duration: Duration,
-        limit: int,
-        opts: FetchOptions | None = None,
+    async def _fetch_next_jobs(
+        self, queue_name: str, worker_id: str, duration: float, limit: int, fetch: FetchOptions
     ) -> list[JobData]:
-        check_name(queue_name, "queue_name")
-        duration, limit, fetch = check_fetch(worker_id, lock_duration, limit, opts)
         await self._enter()
         q = self._queues.get(queue_name)
         if q is None or not q.waiting or ALL_JOB_NAMES in q.paused:
@@ -773,16 +711,9 @@ class MemoryStore(StoreBase):
             return None
         return job
 
-    async def extend_locks(
-        self, queue_name: str, locks: Mapping[str, str], duration: Duration
+    async def _extend_locks(
+        self, queue_name: str, locks: Mapping[str, str], seconds: float
     ) -> dict[str, LockStatus]:
-        check_name(queue_name, "queue_name")
-        if not isinstance(locks, Mapping):
-            raise InvalidArgumentError("locks", "expected a mapping of job id to lock token")
-        for job_id, token in locks.items():
-            check_name(job_id, "locks")
-            check_name(token, f"locks[{job_id!r}]")
-        seconds = check_lock_duration(duration, "duration")
         await self._enter()
         q = self._queues.get(queue_name)
         now = self._clock.time()
@@ -799,10 +730,7 @@ class MemoryStore(StoreBase):
             )
         return out
 
-    async def release_lock(self, queue_name: str, job_id: str, lock_token: str) -> bool:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
-        check_name(lock_token, "lock_token")
+    async def _release_lock(self, queue_name: str, job_id: str, lock_token: str) -> bool:
         await self._enter()
         q = self._queues.get(queue_name)
         job = self._check_lock(q, job_id, lock_token)
@@ -815,8 +743,7 @@ class MemoryStore(StoreBase):
         self._emit_state(job, prev, now)
         return True
 
-    async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[bool]:
-        clean = check_outcomes(outcomes)
+    async def _finish_jobs(self, clean: list[JobOutcome]) -> list[bool]:
         await self._enter()
         now = self._clock.time()
         return [self._finish(outcome, now) for outcome in clean]
@@ -932,27 +859,20 @@ class MemoryStore(StoreBase):
         self._fail(self._queues[parent.queue_name], parent, reason, now, cancelled=False)
         return True
 
-    async def notify_child_completed(
+    async def _notify_child_completed(
         self, parent_queue_name: str, parent_id: str
     ) -> JobState | None:
-        check_name(parent_queue_name, "parent_queue_name")
-        check_name(parent_id, "parent_id")
         await self._enter()
         return self._child_done(parent_queue_name, parent_id, self._clock.time())
 
-    async def fail_parent_on_child_failure(
+    async def _fail_parent_on_child_failure(
         self, parent_queue_name: str, parent_id: str, reason: str
     ) -> bool:
-        check_name(parent_queue_name, "parent_queue_name")
-        check_name(parent_id, "parent_id")
-        check_text(reason, "reason")
         await self._enter()
         parent = self._find(parent_queue_name, parent_id)
         return parent is not None and self._fail_parent(parent, reason, self._clock.time())
 
-    async def get_children_jobs(self, parent_queue_name: str, parent_id: str) -> list[JobData]:
-        check_name(parent_queue_name, "parent_queue_name")
-        check_name(parent_id, "parent_id")
+    async def _get_children_jobs(self, parent_queue_name: str, parent_id: str) -> list[JobData]:
         await self._enter()
         out = []
         for queue_name, child_id in self._children.get((parent_queue_name, parent_id), ()):
@@ -970,17 +890,14 @@ class MemoryStore(StoreBase):
             if job.lock_until is not None and _ts(job.lock_until) <= now
         ]
 
-    async def get_stalled_jobs(self, queue_name: str) -> list[JobData]:
-        check_name(queue_name, "queue_name")
+    async def _get_stalled_jobs(self, queue_name: str) -> list[JobData]:
         await self._enter()
         q = self._queues.get(queue_name)
         if q is None:
             return []
         return [job.copy() for job in self._expired(q, self._clock.time())]
 
-    async def recover_stalled_jobs(self, queue_name: str, max_stalled_count: int) -> list[JobData]:
-        check_name(queue_name, "queue_name")
-        check_int(max_stalled_count, "max_stalled_count", minimum=0)
+    async def _recover_stalled_jobs(self, queue_name: str, max_stalled_count: int) -> list[JobData]:
         await self._enter()
         q = self._queues.get(queue_name)
         if q is None:
@@ -1004,13 +921,9 @@ class MemoryStore(StoreBase):
 
     # -- queries -----------------------------------------------------------------------------------
 
-    async def list_jobs(
-        self, queue_name: str, state: JobState, start: int = 0, end: int = 100
+    async def _list_jobs(
+        self, queue_name: str, state: JobState, start: int, end: int
     ) -> list[JobData]:
-        check_name(queue_name, "queue_name")
-        state = JobState.parse(state)
-        check_int(start, "start", minimum=0)
-        check_int(end, "end", minimum=-1)
         await self._enter()
         q = self._queues.get(queue_name)
         if q is None:
@@ -1027,21 +940,17 @@ class MemoryStore(StoreBase):
             ids = itertools.islice(q.by_state(state), start, stop)
         return [q.jobs[job_id].copy() for job_id in ids]
 
-    async def count_jobs(self, queue_name: str, state: JobState) -> int:
-        check_name(queue_name, "queue_name")
-        state = JobState.parse(state)
+    async def _count_jobs(self, queue_name: str, state: JobState) -> int:
         await self._enter()
         q = self._queues.get(queue_name)
         return 0 if q is None else q.count(state)
 
-    async def get_job_counts(self, queue_name: str) -> dict[JobState, int]:
-        check_name(queue_name, "queue_name")
+    async def _get_job_counts(self, queue_name: str) -> dict[JobState, int]:
         await self._enter()
         q = self._queues.get(queue_name)
         return {state: 0 if q is None else q.count(state) for state in JobState}
 
-    async def get_next_delayed_timestamp(self, queue_name: str) -> datetime | None:
-        check_name(queue_name, "queue_name")
+    async def _get_next_delayed_timestamp(self, queue_name: str) -> datetime | None:
         await self._enter()
         q = self._queues.get(queue_name)
         if q is None or not q.delayed:
@@ -1066,15 +975,9 @@ class MemoryStore(StoreBase):
         q = self._queues.get(queue_name)
         return 0 if q is None else q.group_waiting[group_id]
 
-    async def get_metrics(
-        self,
-        queue_name: str,
-        kind: MetricKind,
-        start: datetime | None = None,
-        end: datetime | None = None,
+    async def _get_metrics(
+        self, queue_name: str, kind: MetricKind, first: float, last: float
     ) -> Metrics:
-        check_name(queue_name, "queue_name")
-        kind, first, last = check_metrics_query(kind, start, end)
         await self._enter()
         q = self._queues.get(queue_name)
         if q is None:
@@ -1089,13 +992,11 @@ class MemoryStore(StoreBase):
 
     # -- delays ------------------------------------------------------------------------------------
 
-    async def promote_delayed_jobs(self, queue_name: str) -> int:
-        check_name(queue_name, "queue_name")
+    async def _promote_delayed_jobs(self, queue_name: str) -> int:
         await self._enter()
         return self._promote(queue_name, self._clock.time())
 
-    async def promote_jobs(self, queue_name: str) -> int:
-        check_name(queue_name, "queue_name")
+    async def _promote_jobs(self, queue_name: str) -> int:
         await self._enter()
         return self._promote(queue_name, None)
 
@@ -1115,40 +1016,28 @@ class MemoryStore(StoreBase):
 
     # -- pause / resume ----------------------------------------------------------------------------
 
-    async def pause_job_name(self, queue_name: str, job_name: str) -> None:
-        check_name(queue_name, "queue_name")
-        check_name(job_name, "job_name")
+    async def _pause_job_name(self, queue_name: str, job_name: str) -> None:
         await self._enter()
         self._queue(queue_name).paused.add(job_name)
         self._emit(queue_name, EventType.PAUSED, None, self._clock.time(), job_name=job_name)
 
-    async def resume_job_name(self, queue_name: str, job_name: str) -> None:
-        check_name(queue_name, "queue_name")
-        check_name(job_name, "job_name")
+    async def _resume_job_name(self, queue_name: str, job_name: str) -> None:
         await self._enter()
         q = self._queues.get(queue_name)
         if q is not None:
             q.paused.discard(job_name)
         self._emit(queue_name, EventType.RESUMED, None, self._clock.time(), job_name=job_name)
 
-    async def get_paused_job_names(self, queue_name: str) -> list[str]:
-        check_name(queue_name, "queue_name")
+    async def _get_paused_job_names(self, queue_name: str) -> list[str]:
         await self._enter()
         q = self._queues.get(queue_name)
         return [] if q is None else sorted(q.paused)
 
     # -- maintenance -------------------------------------------------------------------------------
 
-    async def clean(
-        self, queue_name: str, state: JobState, grace: Duration, limit: int | None = None
+    async def _clean(
+        self, queue_name: str, state: JobState, seconds: float, limit: int | None
     ) -> int:
-        check_name(queue_name, "queue_name")
-        state = JobState.parse(state)
-        if state is JobState.ACTIVE:
-            raise InvalidArgumentError("state", "active jobs cannot be cleaned")
-        seconds = parse_duration(grace, "grace")
-        if limit is not None:
-            check_int(limit, "limit", minimum=1)
         await self._enter()
         q = self._queues.get(queue_name)
         if q is None:
@@ -1178,8 +1067,7 @@ class MemoryStore(StoreBase):
         self._emit(queue_name, EventType.CLEANED, None, now, state=state.value, count=len(doomed))
         return len(doomed)
 
-    async def drain(self, queue_name: str) -> int:
-        check_name(queue_name, "queue_name")
+    async def _drain(self, queue_name: str) -> int:
         await self._enter()
         q = self._queues.get(queue_name)
         if q is None:
@@ -1191,8 +1079,7 @@ class MemoryStore(StoreBase):
         self._emit(queue_name, EventType.DRAINED, None, now, count=len(doomed))
         return len(doomed)
 
-    async def obliterate(self, queue_name: str, *, force: bool = False) -> None:
-        check_name(queue_name, "queue_name")
+    async def _obliterate(self, queue_name: str, force: bool) -> None:
         await self._enter()
         q = self._queues.get(queue_name)
         if q is None:
@@ -1208,11 +1095,7 @@ class MemoryStore(StoreBase):
         del self._queues[queue_name]
         self._emit(queue_name, EventType.OBLITERATED, None, now)
 
-    async def retry_jobs(self, queue_name: str, state: JobState = JobState.FAILED) -> int:
-        check_name(queue_name, "queue_name")
-        state = JobState.parse(state)
-        if state not in TERMINAL_STATES:
-            raise InvalidArgumentError("state", "only failed or completed jobs can be retried")
+    async def _retry_jobs(self, queue_name: str, state: JobState) -> int:
         await self._enter()
         q = self._queues.get(queue_name)
         if q is None:
@@ -1232,8 +1115,7 @@ class MemoryStore(StoreBase):
 
     # -- events ------------------------------------------------------------------------------------
 
-    async def publish(self, event: StoreEvent) -> None:
-        clean = check_event(event)
+    async def _publish(self, clean: StoreEvent) -> None:
         await self._enter()
         if clean.timestamp is None:
             clean = attrs.evolve(clean, timestamp=from_timestamp(self._clock.time()))

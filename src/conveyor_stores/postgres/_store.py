@@ -89,16 +89,8 @@ from conveyor.store import (
 from conveyor.store._base import Lifecycle, StoreBase
 from conveyor.store._validate import (
     HandedOver,
-    check_event,
-    check_fetch,
     check_jobs,
-    check_lock_duration,
-    check_metrics_query,
-    check_outcomes,
-    check_text,
-    check_updates,
     take_handed_over,
-    validate_new_job,
 )
 
 from .._jobs import JobTx, Row, first_in_claim_order, record_fields, record_json
@@ -1093,36 +1085,15 @@ class PgStore(StoreBase):
 
     # -- adding ------------------------------------------------------------------------------------
 
-    async def save_job(self, job: JobData) -> JobData:
-        clean = validate_new_job(job)
-        if clean.parent_id is not None:
-            raise InvalidArgumentError("job.parent_id", "children are added with save_flow()")
-        saved = await self._add([clean], flow=False)
-        return saved[0]
-
     async def save_bulk(self, jobs: Sequence[JobData]) -> list[JobData]:
         if type(jobs) is HandedOver and all(map(_plain_new, jobs)):
             # Made by conveyor's own producer and needing nothing read first (no parent among
             # them): checked chunk by chunk as they are sent (see _insert_plain).
             return await self._add(jobs, flow=False, checked=False)
-        clean = check_jobs(jobs)
-        for i, job in enumerate(clean):
-            if job.parent_id is not None:
-                raise InvalidArgumentError(
-                    f"jobs[{i}].parent_id", "children are added with save_flow()"
-                )
-        return await self._add(clean, flow=False)
+        return await super().save_bulk(jobs)
 
-    async def save_flow(self, jobs: Sequence[JobData]) -> list[JobData]:
-        clean = check_jobs(jobs)
-        members = {(job.queue_name, job.id) for job in clean}
-        for i, job in enumerate(clean):
-            if job.parent_id is not None and (job.parent_queue_name, job.parent_id) not in members:
-                raise InvalidArgumentError(
-                    f"jobs[{i}].parent_id",
-                    f"parent {job.parent_queue_name}:{job.parent_id} is not part of the flow",
-                )
-        return await self._add(clean, flow=True)
+    async def _save_jobs(self, jobs: list[JobData], *, flow: bool) -> list[JobData]:
+        return await self._add(jobs, flow=flow)
 
     async def _add(self, jobs: list[JobData], *, flow: bool, checked: bool = True) -> list[JobData]:
         """Add checked jobs, or (``checked=False``) plain jobs handed over, which the plain
@@ -1375,23 +1346,17 @@ class PgStore(StoreBase):
 
     # -- reading -----------------------------------------------------------------------------------
 
-    async def get_job(self, queue_name: str, job_id: str) -> JobData | None:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
+    async def _get_job(self, queue_name: str, job_id: str) -> JobData | None:
         row = await self._read_alone(lambda tx: tx.find(queue_name, job_id))
         return None if row is None else row.job
 
-    async def find_job_by_id(self, job_id: str) -> JobData | None:
-        check_name(job_id, "job_id")
+    async def _find_job_by_id(self, job_id: str) -> JobData | None:
         rows = await self._read_alone(
             lambda tx: tx.rows_of("id = ? ORDER BY pk LIMIT 1", (job_id,))
         )
         return rows[0].job if rows else None
 
-    async def find_by_deduplication_key(self, queue_name: str, key: str) -> JobData | None:
-        check_name(queue_name, "queue_name")
-        check_name(key, "key")
-
+    async def _find_by_deduplication_key(self, queue_name: str, key: str) -> JobData | None:
         async def body(tx: _Tx) -> JobData | None:
             holder = await tx.dedup_holder(queue_name, key)
             row = None if holder is None else await tx.find(queue_name, holder)
@@ -1401,51 +1366,31 @@ class PgStore(StoreBase):
 
     # -- changing ----------------------------------------------------------------------------------
 
-    async def update_job(
+    async def _update_job(
         self,
         queue_name: str,
         job_id: str,
-        updates: Mapping[str, Any],
-        *,
-        expected_state: JobState | None = None,
+        clean: dict[str, Any],
+        expected_state: JobState | None,
     ) -> bool:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
-        clean = check_updates(updates)
-        if expected_state is not None:
-            expected_state = JobState.parse(expected_state, "expected_state")
         return await self._write(
             lambda tx: tx.update_job(queue_name, job_id, clean, expected_state)
         )
 
-    async def add_log(self, queue_name: str, job_id: str, message: str) -> int:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
-        check_text(message, "message")
+    async def _add_log(self, queue_name: str, job_id: str, message: str) -> int:
         return await self._write(lambda tx: tx.add_log(queue_name, job_id, message))
 
-    async def remove_job(self, queue_name: str, job_id: str) -> bool:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
+    async def _remove_job(self, queue_name: str, job_id: str) -> bool:
         return await self._write(lambda tx: tx.remove_job(queue_name, job_id))
 
-    async def cancel_job(self, queue_name: str, job_id: str) -> JobData | None:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
+    async def _cancel_job(self, queue_name: str, job_id: str) -> JobData | None:
         return await self._write(lambda tx: tx.cancel_job(queue_name, job_id))
 
     # -- claiming ----------------------------------------------------------------------------------
 
-    async def fetch_next_jobs(
-        self,
-        queue_name: str,
-        worker_id: str,
-        lock_duration: Duration,
-        limit: int,
-        opts: FetchOptions | None = None,
+    async def _fetch_next_jobs(
+        self, queue_name: str, worker_id: str, duration: float, limit: int, fetch: FetchOptions
     ) -> list[JobData]:
-        check_name(queue_name, "queue_name")
-        duration, limit, fetch = check_fetch(worker_id, lock_duration, limit, opts)
         listener = self._listener
         if listener is not None and not listener.ready:
             # A worker that subscribed a moment ago and finds nothing now must hear of the
@@ -1696,16 +1641,9 @@ class PgStore(StoreBase):
             await tx.conn.pipeline(statements)
         return claimed
 
-    async def extend_locks(
-        self, queue_name: str, locks: Mapping[str, str], duration: Duration
+    async def _extend_locks(
+        self, queue_name: str, locks: Mapping[str, str], seconds: float
     ) -> dict[str, LockStatus]:
-        check_name(queue_name, "queue_name")
-        if not isinstance(locks, Mapping):
-            raise InvalidArgumentError("locks", "expected a mapping of job id to lock token")
-        for job_id, token in locks.items():
-            check_name(job_id, "locks")
-            check_name(token, f"locks[{job_id!r}]")
-        seconds = check_lock_duration(duration, "duration")
         ids = list(locks)
         tokens = [locks[job_id] for job_id in ids]
 
@@ -1729,14 +1667,10 @@ class PgStore(StoreBase):
         # One statement guarded by each lock token: no schema lock needed.
         return await self._write(body, locked=False)
 
-    async def release_lock(self, queue_name: str, job_id: str, lock_token: str) -> bool:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
-        check_name(lock_token, "lock_token")
+    async def _release_lock(self, queue_name: str, job_id: str, lock_token: str) -> bool:
         return await self._write(lambda tx: tx.release_lock(queue_name, job_id, lock_token))
 
-    async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[bool]:
-        clean = check_outcomes(outcomes)
+    async def _finish_jobs(self, clean: list[JobOutcome]) -> list[bool]:
         results: list[bool | None] = [None] * len(clean)
         quick: list[tuple[int, JobOutcome, _Claim]] = []
         for i, outcome in enumerate(clean):
@@ -1952,27 +1886,19 @@ class PgStore(StoreBase):
 
     # -- flows -------------------------------------------------------------------------------------
 
-    async def notify_child_completed(
+    async def _notify_child_completed(
         self, parent_queue_name: str, parent_id: str
     ) -> JobState | None:
-        check_name(parent_queue_name, "parent_queue_name")
-        check_name(parent_id, "parent_id")
         return await self._write(lambda tx: tx.child_done(parent_queue_name, parent_id))
 
-    async def fail_parent_on_child_failure(
+    async def _fail_parent_on_child_failure(
         self, parent_queue_name: str, parent_id: str, reason: str
     ) -> bool:
-        check_name(parent_queue_name, "parent_queue_name")
-        check_name(parent_id, "parent_id")
-        check_text(reason, "reason")
         return await self._write(
             lambda tx: tx.fail_parent_on_child_failure(parent_queue_name, parent_id, reason)
         )
 
-    async def get_children_jobs(self, parent_queue_name: str, parent_id: str) -> list[JobData]:
-        check_name(parent_queue_name, "parent_queue_name")
-        check_name(parent_id, "parent_id")
-
+    async def _get_children_jobs(self, parent_queue_name: str, parent_id: str) -> list[JobData]:
         rows = await self._read_alone(lambda tx: tx.children(parent_queue_name, parent_id))
         return [row.job for row in rows]
 
@@ -1983,18 +1909,13 @@ class PgStore(StoreBase):
             "queue = ? AND state = 'active' AND lock_until <= ? ORDER BY seq", (queue, _dt(tx.now))
         )
 
-    async def get_stalled_jobs(self, queue_name: str) -> list[JobData]:
-        check_name(queue_name, "queue_name")
-
+    async def _get_stalled_jobs(self, queue_name: str) -> list[JobData]:
         async def body(tx: _Tx) -> list[JobData]:
             return [row.job for row in await self._expired(tx, queue_name)]
 
         return await self._read(body)
 
-    async def recover_stalled_jobs(self, queue_name: str, max_stalled_count: int) -> list[JobData]:
-        check_name(queue_name, "queue_name")
-        check_int(max_stalled_count, "max_stalled_count", minimum=0)
-
+    async def _recover_stalled_jobs(self, queue_name: str, max_stalled_count: int) -> list[JobData]:
         async def body(tx: _Tx) -> list[JobData]:
             expired = await self._expired(tx, queue_name)
             return await tx.recover_stalled(queue_name, expired, max_stalled_count)
@@ -2003,13 +1924,9 @@ class PgStore(StoreBase):
 
     # -- queries -----------------------------------------------------------------------------------
 
-    async def list_jobs(
-        self, queue_name: str, state: JobState, start: int = 0, end: int = 100
+    async def _list_jobs(
+        self, queue_name: str, state: JobState, start: int, end: int
     ) -> list[JobData]:
-        check_name(queue_name, "queue_name")
-        state = JobState.parse(state)
-        check_int(start, "start", minimum=0)
-        check_int(end, "end", minimum=-1)
         order = {
             JobState.WAITING: "priority, seq",
             JobState.DELAYED: "delay_until, seq",
@@ -2026,23 +1943,17 @@ class PgStore(StoreBase):
         )
         return [row.job for row in rows]
 
-    async def count_jobs(self, queue_name: str, state: JobState) -> int:
-        check_name(queue_name, "queue_name")
-        state = JobState.parse(state)
+    async def _count_jobs(self, queue_name: str, state: JobState) -> int:
         return await self._read_alone(lambda tx: tx.count_state(queue_name, state))
 
-    async def get_job_counts(self, queue_name: str) -> dict[JobState, int]:
-        check_name(queue_name, "queue_name")
-
+    async def _get_job_counts(self, queue_name: str) -> dict[JobState, int]:
         rows = await self._query_alone(
             "SELECT state, count(*) FROM {jobs} WHERE queue = ? GROUP BY state", (queue_name,)
         )
         found = {str(state): int(count) for state, count in rows}
         return {state: found.get(state.value, 0) for state in JobState}
 
-    async def get_next_delayed_timestamp(self, queue_name: str) -> datetime | None:
-        check_name(queue_name, "queue_name")
-
+    async def _get_next_delayed_timestamp(self, queue_name: str) -> datetime | None:
         rows = await self._query_alone(
             """SELECT delay_until FROM {jobs} WHERE queue = ? AND state = 'delayed'
             ORDER BY delay_until LIMIT 1""",
@@ -2082,15 +1993,9 @@ class PgStore(StoreBase):
     async def get_waiting_group_count(self, queue_name: str, group_id: str) -> int:
         return await self._lane_count(queue_name, group_id, "waiting")
 
-    async def get_metrics(
-        self,
-        queue_name: str,
-        kind: MetricKind,
-        start: datetime | None = None,
-        end: datetime | None = None,
+    async def _get_metrics(
+        self, queue_name: str, kind: MetricKind, first: float, last: float
     ) -> Metrics:
-        check_name(queue_name, "queue_name")
-        kind, first, last = check_metrics_query(kind, start, end)
         column = "completed" if kind is MetricKind.COMPLETED else "failed"
 
         async def body(tx: _Tx) -> Metrics:
@@ -2114,12 +2019,10 @@ class PgStore(StoreBase):
 
     # -- delays ------------------------------------------------------------------------------------
 
-    async def promote_delayed_jobs(self, queue_name: str) -> int:
-        check_name(queue_name, "queue_name")
+    async def _promote_delayed_jobs(self, queue_name: str) -> int:
         return await self._write(lambda tx: self._promote(tx, queue_name, due=True))
 
-    async def promote_jobs(self, queue_name: str) -> int:
-        check_name(queue_name, "queue_name")
+    async def _promote_jobs(self, queue_name: str) -> int:
         return await self._write(lambda tx: self._promote(tx, queue_name, due=False))
 
     async def _promote(self, tx: _Tx, queue: str, *, due: bool) -> int:
@@ -2129,10 +2032,7 @@ class PgStore(StoreBase):
 
     # -- pause / resume ----------------------------------------------------------------------------
 
-    async def pause_job_name(self, queue_name: str, job_name: str) -> None:
-        check_name(queue_name, "queue_name")
-        check_name(job_name, "job_name")
-
+    async def _pause_job_name(self, queue_name: str, job_name: str) -> None:
         async def body(tx: _Tx) -> None:
             await tx.conn.pipeline(
                 [
@@ -2156,10 +2056,7 @@ class PgStore(StoreBase):
 
         await self._write(body)
 
-    async def resume_job_name(self, queue_name: str, job_name: str) -> None:
-        check_name(queue_name, "queue_name")
-        check_name(job_name, "job_name")
-
+    async def _resume_job_name(self, queue_name: str, job_name: str) -> None:
         async def body(tx: _Tx) -> None:
             await tx.execute(
                 "DELETE FROM {paused} WHERE queue = ? AND name = ?", (queue_name, job_name)
@@ -2168,9 +2065,7 @@ class PgStore(StoreBase):
 
         await self._write(body)
 
-    async def get_paused_job_names(self, queue_name: str) -> list[str]:
-        check_name(queue_name, "queue_name")
-
+    async def _get_paused_job_names(self, queue_name: str) -> list[str]:
         rows = await self._query_alone(
             'SELECT name FROM {paused} WHERE queue = ? ORDER BY name COLLATE "C"', (queue_name,)
         )
@@ -2178,17 +2073,9 @@ class PgStore(StoreBase):
 
     # -- maintenance -------------------------------------------------------------------------------
 
-    async def clean(
-        self, queue_name: str, state: JobState, grace: Duration, limit: int | None = None
+    async def _clean(
+        self, queue_name: str, state: JobState, seconds: float, limit: int | None
     ) -> int:
-        check_name(queue_name, "queue_name")
-        state = JobState.parse(state)
-        if state is JobState.ACTIVE:
-            raise InvalidArgumentError("state", "active jobs cannot be cleaned")
-        seconds = parse_duration(grace, "grace")
-        if limit is not None:
-            check_int(limit, "limit", minimum=1)
-
         async def body(tx: _Tx) -> int:
             cutoff = _dt(tx.now - seconds)
             if state in TERMINAL_STATES:
@@ -2209,9 +2096,7 @@ class PgStore(StoreBase):
 
         return await self._write(body)
 
-    async def drain(self, queue_name: str) -> int:
-        check_name(queue_name, "queue_name")
-
+    async def _drain(self, queue_name: str) -> int:
         async def body(tx: _Tx) -> int:
             rows = await tx.rows_of("queue = ? AND state IN ('waiting', 'delayed')", (queue_name,))
             count = await tx.delete_all(rows)
@@ -2220,9 +2105,7 @@ class PgStore(StoreBase):
 
         return await self._write(body)
 
-    async def obliterate(self, queue_name: str, *, force: bool = False) -> None:
-        check_name(queue_name, "queue_name")
-
+    async def _obliterate(self, queue_name: str, force: bool) -> None:
         async def body(tx: _Tx) -> None:
             active = await tx.count_state(queue_name, JobState.ACTIVE)
             if active and not force:
@@ -2266,12 +2149,7 @@ class PgStore(StoreBase):
 
         await self._write(body)
 
-    async def retry_jobs(self, queue_name: str, state: JobState = JobState.FAILED) -> int:
-        check_name(queue_name, "queue_name")
-        state = JobState.parse(state)
-        if state not in TERMINAL_STATES:
-            raise InvalidArgumentError("state", "only failed or completed jobs can be retried")
-
+    async def _retry_jobs(self, queue_name: str, state: JobState) -> int:
         async def body(tx: _Tx) -> int:
             rows = await tx.rows_of(
                 "queue = ? AND state = ? ORDER BY seq", (queue_name, state.value)
@@ -2314,9 +2192,7 @@ class PgStore(StoreBase):
         if self._lifecycle is Lifecycle.CONNECTED:
             self._start_listening()
 
-    async def publish(self, event: StoreEvent) -> None:
-        clean = check_event(event)
-
+    async def _publish(self, clean: StoreEvent) -> None:
         async def body(tx: _Tx) -> None:
             tx.publish(clean)
 

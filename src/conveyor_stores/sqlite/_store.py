@@ -65,7 +65,6 @@ from conveyor.store import (
     StoreError,
     StoreEvent,
     SystemClock,
-    check_int,
     check_name,
     copy_json,
     from_json,
@@ -74,17 +73,6 @@ from conveyor.store import (
     unstructure,
 )
 from conveyor.store._base import Lifecycle, StoreBase
-from conveyor.store._validate import (
-    check_event,
-    check_fetch,
-    check_jobs,
-    check_lock_duration,
-    check_metrics_query,
-    check_outcomes,
-    check_text,
-    check_updates,
-    validate_new_job,
-)
 
 from .._jobs import JobTx, Row, first_in_claim_order, record_json, run_now
 from ._background import Background
@@ -703,35 +691,9 @@ class SqliteStore(StoreBase):
 
     # -- adding ------------------------------------------------------------------------------------
 
-    async def save_job(self, job: JobData) -> JobData:
-        clean = validate_new_job(job)
-        if clean.parent_id is not None:
-            raise InvalidArgumentError("job.parent_id", "children are added with save_flow()")
-        saved = await self._write(lambda tx: self._insert(tx, [clean], flow=False))
-        return saved[0]
-
-    async def save_bulk(self, jobs: Sequence[JobData]) -> list[JobData]:
-        clean = check_jobs(jobs)
-        for i, job in enumerate(clean):
-            if job.parent_id is not None:
-                raise InvalidArgumentError(
-                    f"jobs[{i}].parent_id", "children are added with save_flow()"
-                )
+    async def _save_jobs(self, jobs: list[JobData], *, flow: bool) -> list[JobData]:
         return await self._write(
-            lambda tx: self._insert(tx, clean, flow=False), offload=len(clean) > _OFFLOAD_ROWS
-        )
-
-    async def save_flow(self, jobs: Sequence[JobData]) -> list[JobData]:
-        clean = check_jobs(jobs)
-        members = {(job.queue_name, job.id) for job in clean}
-        for i, job in enumerate(clean):
-            if job.parent_id is not None and (job.parent_queue_name, job.parent_id) not in members:
-                raise InvalidArgumentError(
-                    f"jobs[{i}].parent_id",
-                    f"parent {job.parent_queue_name}:{job.parent_id} is not part of the flow",
-                )
-        return await self._write(
-            lambda tx: self._insert(tx, clean, flow=True), offload=len(clean) > _OFFLOAD_ROWS
+            lambda tx: self._insert(tx, jobs, flow=flow), offload=len(jobs) > _OFFLOAD_ROWS
         )
 
     def _insert(self, tx: _Tx, jobs: list[JobData], *, flow: bool) -> list[JobData]:
@@ -782,29 +744,21 @@ class SqliteStore(StoreBase):
 
     # -- reading -----------------------------------------------------------------------------------
 
-    async def get_job(self, queue_name: str, job_id: str) -> JobData | None:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
-
+    async def _get_job(self, queue_name: str, job_id: str) -> JobData | None:
         def body(tx: _Tx) -> JobData | None:
             row = tx.find_now(queue_name, job_id)
             return None if row is None else row.job
 
         return await self._read(body)
 
-    async def find_job_by_id(self, job_id: str) -> JobData | None:
-        check_name(job_id, "job_id")
-
+    async def _find_job_by_id(self, job_id: str) -> JobData | None:
         def body(tx: _Tx) -> JobData | None:
             rows = tx.rows_of("id = ? ORDER BY pk LIMIT 1", (job_id,))
             return rows[0].job if rows else None
 
         return await self._read(body)
 
-    async def find_by_deduplication_key(self, queue_name: str, key: str) -> JobData | None:
-        check_name(queue_name, "queue_name")
-        check_name(key, "key")
-
+    async def _find_by_deduplication_key(self, queue_name: str, key: str) -> JobData | None:
         def body(tx: _Tx) -> JobData | None:
             holder = tx.dedup_holder_now(queue_name, key)
             row = None if holder is None else tx.find_now(queue_name, holder)
@@ -814,51 +768,31 @@ class SqliteStore(StoreBase):
 
     # -- changing ----------------------------------------------------------------------------------
 
-    async def update_job(
+    async def _update_job(
         self,
         queue_name: str,
         job_id: str,
-        updates: Mapping[str, Any],
-        *,
-        expected_state: JobState | None = None,
+        clean: dict[str, Any],
+        expected_state: JobState | None,
     ) -> bool:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
-        clean = check_updates(updates)
-        if expected_state is not None:
-            expected_state = JobState.parse(expected_state, "expected_state")
         return await self._write(
             lambda tx: run_now(tx.update_job(queue_name, job_id, clean, expected_state))
         )
 
-    async def add_log(self, queue_name: str, job_id: str, message: str) -> int:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
-        check_text(message, "message")
+    async def _add_log(self, queue_name: str, job_id: str, message: str) -> int:
         return await self._write(lambda tx: run_now(tx.add_log(queue_name, job_id, message)))
 
-    async def remove_job(self, queue_name: str, job_id: str) -> bool:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
+    async def _remove_job(self, queue_name: str, job_id: str) -> bool:
         return await self._write(lambda tx: run_now(tx.remove_job(queue_name, job_id)))
 
-    async def cancel_job(self, queue_name: str, job_id: str) -> JobData | None:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
+    async def _cancel_job(self, queue_name: str, job_id: str) -> JobData | None:
         return await self._write(lambda tx: run_now(tx.cancel_job(queue_name, job_id)))
 
     # -- claiming ----------------------------------------------------------------------------------
 
-    async def fetch_next_jobs(
-        self,
-        queue_name: str,
-        worker_id: str,
-        lock_duration: Duration,
-        limit: int,
-        opts: FetchOptions | None = None,
+    async def _fetch_next_jobs(
+        self, queue_name: str, worker_id: str, duration: float, limit: int, fetch: FetchOptions
     ) -> list[JobData]:
-        check_name(queue_name, "queue_name")
-        duration, limit, fetch = check_fetch(worker_id, lock_duration, limit, opts)
         return await self._write(
             lambda tx: self._claim(tx, queue_name, worker_id, duration, limit, fetch)
         )
@@ -989,16 +923,9 @@ class SqliteStore(StoreBase):
         while len(cache) > _CLAIM_CACHE:  # jobs finished elsewhere (stalled, taken over)
             del cache[next(iter(cache))]
 
-    async def extend_locks(
-        self, queue_name: str, locks: Mapping[str, str], duration: Duration
+    async def _extend_locks(
+        self, queue_name: str, locks: Mapping[str, str], seconds: float
     ) -> dict[str, LockStatus]:
-        check_name(queue_name, "queue_name")
-        if not isinstance(locks, Mapping):
-            raise InvalidArgumentError("locks", "expected a mapping of job id to lock token")
-        for job_id, token in locks.items():
-            check_name(job_id, "locks")
-            check_name(token, f"locks[{job_id!r}]")
-        seconds = check_lock_duration(duration, "duration")
         pairs = list(locks.items())
 
         def body(tx: _Tx) -> dict[str, LockStatus]:
@@ -1019,16 +946,12 @@ class SqliteStore(StoreBase):
 
         return await self._write(body)
 
-    async def release_lock(self, queue_name: str, job_id: str, lock_token: str) -> bool:
-        check_name(queue_name, "queue_name")
-        check_name(job_id, "job_id")
-        check_name(lock_token, "lock_token")
+    async def _release_lock(self, queue_name: str, job_id: str, lock_token: str) -> bool:
         return await self._write(
             lambda tx: run_now(tx.release_lock(queue_name, job_id, lock_token))
         )
 
-    async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[bool]:
-        clean = check_outcomes(outcomes)
+    async def _finish_jobs(self, clean: list[JobOutcome]) -> list[bool]:
         return await self._write(lambda tx: [self._finish(tx, outcome) for outcome in clean])
 
     def _finish(self, tx: _Tx, outcome: JobOutcome) -> bool:
@@ -1048,28 +971,21 @@ class SqliteStore(StoreBase):
 
     # -- flows -------------------------------------------------------------------------------------
 
-    async def notify_child_completed(
+    async def _notify_child_completed(
         self, parent_queue_name: str, parent_id: str
     ) -> JobState | None:
-        check_name(parent_queue_name, "parent_queue_name")
-        check_name(parent_id, "parent_id")
         return await self._write(lambda tx: run_now(tx.child_done(parent_queue_name, parent_id)))
 
-    async def fail_parent_on_child_failure(
+    async def _fail_parent_on_child_failure(
         self, parent_queue_name: str, parent_id: str, reason: str
     ) -> bool:
-        check_name(parent_queue_name, "parent_queue_name")
-        check_name(parent_id, "parent_id")
-        check_text(reason, "reason")
         return await self._write(
             lambda tx: run_now(
                 tx.fail_parent_on_child_failure(parent_queue_name, parent_id, reason)
             )
         )
 
-    async def get_children_jobs(self, parent_queue_name: str, parent_id: str) -> list[JobData]:
-        check_name(parent_queue_name, "parent_queue_name")
-        check_name(parent_id, "parent_id")
+    async def _get_children_jobs(self, parent_queue_name: str, parent_id: str) -> list[JobData]:
         return await self._read(
             lambda tx: [row.job for row in run_now(tx.children(parent_queue_name, parent_id))]
         )
@@ -1081,13 +997,10 @@ class SqliteStore(StoreBase):
             "queue = ? AND state = 'active' AND lock_until <= ? ORDER BY seq", (queue, tx.now)
         )
 
-    async def get_stalled_jobs(self, queue_name: str) -> list[JobData]:
-        check_name(queue_name, "queue_name")
+    async def _get_stalled_jobs(self, queue_name: str) -> list[JobData]:
         return await self._read(lambda tx: [row.job for row in self._expired(tx, queue_name)])
 
-    async def recover_stalled_jobs(self, queue_name: str, max_stalled_count: int) -> list[JobData]:
-        check_name(queue_name, "queue_name")
-        check_int(max_stalled_count, "max_stalled_count", minimum=0)
+    async def _recover_stalled_jobs(self, queue_name: str, max_stalled_count: int) -> list[JobData]:
         return await self._write(
             lambda tx: run_now(
                 tx.recover_stalled(queue_name, self._expired(tx, queue_name), max_stalled_count)
@@ -1096,13 +1009,9 @@ class SqliteStore(StoreBase):
 
     # -- queries -----------------------------------------------------------------------------------
 
-    async def list_jobs(
-        self, queue_name: str, state: JobState, start: int = 0, end: int = 100
+    async def _list_jobs(
+        self, queue_name: str, state: JobState, start: int, end: int
     ) -> list[JobData]:
-        check_name(queue_name, "queue_name")
-        state = JobState.parse(state)
-        check_int(start, "start", minimum=0)
-        check_int(end, "end", minimum=-1)
         order = {
             JobState.WAITING: "priority, seq",
             JobState.DELAYED: "delay_until, seq",
@@ -1120,20 +1029,15 @@ class SqliteStore(StoreBase):
 
         return await self._read(body)
 
-    async def count_jobs(self, queue_name: str, state: JobState) -> int:
-        check_name(queue_name, "queue_name")
-        state = JobState.parse(state)
+    async def _count_jobs(self, queue_name: str, state: JobState) -> int:
         return await self._read(lambda tx: tx.count_now(queue_name, state))
 
-    async def get_job_counts(self, queue_name: str) -> dict[JobState, int]:
-        check_name(queue_name, "queue_name")
+    async def _get_job_counts(self, queue_name: str) -> dict[JobState, int]:
         return await self._read(
             lambda tx: {state: tx.count_now(queue_name, state) for state in JobState}
         )
 
-    async def get_next_delayed_timestamp(self, queue_name: str) -> datetime | None:
-        check_name(queue_name, "queue_name")
-
+    async def _get_next_delayed_timestamp(self, queue_name: str) -> datetime | None:
         def body(tx: _Tx) -> datetime | None:
             row = tx.conn.execute(
                 """SELECT delay_until FROM conveyor_jobs WHERE queue = ? AND state = 'delayed'
@@ -1180,15 +1084,9 @@ class SqliteStore(StoreBase):
     async def get_waiting_group_count(self, queue_name: str, group_id: str) -> int:
         return await self._lane_count(queue_name, group_id, "waiting")
 
-    async def get_metrics(
-        self,
-        queue_name: str,
-        kind: MetricKind,
-        start: datetime | None = None,
-        end: datetime | None = None,
+    async def _get_metrics(
+        self, queue_name: str, kind: MetricKind, first: float, last: float
     ) -> Metrics:
-        check_name(queue_name, "queue_name")
-        kind, first, last = check_metrics_query(kind, start, end)
         column = "completed" if kind is MetricKind.COMPLETED else "failed"
 
         def body(tx: _Tx) -> Metrics:
@@ -1212,12 +1110,10 @@ class SqliteStore(StoreBase):
 
     # -- delays ------------------------------------------------------------------------------------
 
-    async def promote_delayed_jobs(self, queue_name: str) -> int:
-        check_name(queue_name, "queue_name")
+    async def _promote_delayed_jobs(self, queue_name: str) -> int:
         return await self._write(lambda tx: self._promote(tx, queue_name, due=True))
 
-    async def promote_jobs(self, queue_name: str) -> int:
-        check_name(queue_name, "queue_name")
+    async def _promote_jobs(self, queue_name: str) -> int:
         return await self._write(lambda tx: self._promote(tx, queue_name, due=False))
 
     def _promote(self, tx: _Tx, queue: str, *, due: bool) -> int:
@@ -1227,10 +1123,7 @@ class SqliteStore(StoreBase):
 
     # -- pause / resume ----------------------------------------------------------------------------
 
-    async def pause_job_name(self, queue_name: str, job_name: str) -> None:
-        check_name(queue_name, "queue_name")
-        check_name(job_name, "job_name")
-
+    async def _pause_job_name(self, queue_name: str, job_name: str) -> None:
         def body(tx: _Tx) -> None:
             tx.conn.execute(
                 "INSERT OR IGNORE INTO conveyor_paused (queue, name) VALUES (?, ?)",
@@ -1245,10 +1138,7 @@ class SqliteStore(StoreBase):
 
         await self._write(body)
 
-    async def resume_job_name(self, queue_name: str, job_name: str) -> None:
-        check_name(queue_name, "queue_name")
-        check_name(job_name, "job_name")
-
+    async def _resume_job_name(self, queue_name: str, job_name: str) -> None:
         def body(tx: _Tx) -> None:
             tx.conn.execute(
                 "DELETE FROM conveyor_paused WHERE queue = ? AND name = ?", (queue_name, job_name)
@@ -1257,9 +1147,7 @@ class SqliteStore(StoreBase):
 
         await self._write(body)
 
-    async def get_paused_job_names(self, queue_name: str) -> list[str]:
-        check_name(queue_name, "queue_name")
-
+    async def _get_paused_job_names(self, queue_name: str) -> list[str]:
         def body(tx: _Tx) -> list[str]:
             rows = tx.conn.execute(
                 "SELECT name FROM conveyor_paused WHERE queue = ? ORDER BY name", (queue_name,)
@@ -1270,17 +1158,9 @@ class SqliteStore(StoreBase):
 
     # -- maintenance -------------------------------------------------------------------------------
 
-    async def clean(
-        self, queue_name: str, state: JobState, grace: Duration, limit: int | None = None
+    async def _clean(
+        self, queue_name: str, state: JobState, seconds: float, limit: int | None
     ) -> int:
-        check_name(queue_name, "queue_name")
-        state = JobState.parse(state)
-        if state is JobState.ACTIVE:
-            raise InvalidArgumentError("state", "active jobs cannot be cleaned")
-        seconds = parse_duration(grace, "grace")
-        if limit is not None:
-            check_int(limit, "limit", minimum=1)
-
         def body(tx: _Tx) -> int:
             cutoff = tx.now - seconds
             if state in TERMINAL_STATES:
@@ -1301,9 +1181,7 @@ class SqliteStore(StoreBase):
 
         return await self._write(body)
 
-    async def drain(self, queue_name: str) -> int:
-        check_name(queue_name, "queue_name")
-
+    async def _drain(self, queue_name: str) -> int:
         def body(tx: _Tx) -> int:
             rows = tx.rows_of("queue = ? AND state IN ('waiting', 'delayed')", (queue_name,))
             count = run_now(tx.delete_all(rows))
@@ -1312,9 +1190,7 @@ class SqliteStore(StoreBase):
 
         return await self._write(body)
 
-    async def obliterate(self, queue_name: str, *, force: bool = False) -> None:
-        check_name(queue_name, "queue_name")
-
+    async def _obliterate(self, queue_name: str, force: bool) -> None:
         def body(tx: _Tx) -> None:
             active = tx.count_now(queue_name, JobState.ACTIVE)
             if active and not force:
@@ -1362,12 +1238,7 @@ class SqliteStore(StoreBase):
 
         await self._write(body)
 
-    async def retry_jobs(self, queue_name: str, state: JobState = JobState.FAILED) -> int:
-        check_name(queue_name, "queue_name")
-        state = JobState.parse(state)
-        if state not in TERMINAL_STATES:
-            raise InvalidArgumentError("state", "only failed or completed jobs can be retried")
-
+    async def _retry_jobs(self, queue_name: str, state: JobState) -> int:
         def body(tx: _Tx) -> int:
             where = "queue = ? AND state = ? ORDER BY seq"
             return run_now(tx.retry(tx.rows_of(where, (queue_name, state.value))))
@@ -1406,9 +1277,7 @@ class SqliteStore(StoreBase):
         if self._background is not None:
             self._background.mute()
 
-    async def publish(self, event: StoreEvent) -> None:
-        clean = check_event(event)
-
+    async def _publish(self, clean: StoreEvent) -> None:
         def body(tx: _Tx) -> None:
             tx.publish(clean)
 
