@@ -23,7 +23,7 @@ from conveyor.store import (
     StoreEvent,
 )
 from conveyor.testing import make_job
-from conveyor.testing._harness import claim_ids
+from conveyor.testing._harness import claim, claim_ids
 from conveyor_stores.sqlite import SqliteStore, _schema, _store
 from conveyor_stores.sqlite._schema import SCHEMA_VERSION
 
@@ -380,6 +380,42 @@ async def test_a_claim_does_not_walk_past_the_jobs_of_paused_names(
             assert store._conn is not None
             store._conn.set_progress_handler(step, 1)
             assert len(await claim_ids(store, limit=5, lifo=lifo)) == 5
+            store._conn.set_progress_handler(None, 1)
+            return count
+
+    few, many = await steps(20), await steps(2000)
+    assert many < 2 * few, (few, many)
+
+
+async def test_work_on_active_jobs_does_not_grow_with_the_finished_jobs_kept(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """Counting the active jobs (at each claim of a worker with ``max_global_concurrency``),
+    finding expired locks and listing the active jobs each read the whole table once, every
+    finished job kept included: SQLite takes a partial index only when the query repeats the
+    index's own terms. Their work (SQLite's virtual machine steps) no longer grows with the
+    finished jobs."""
+
+    async def steps(finished: int) -> int:
+        async with SqliteStore(tmp_path / f"kept_{finished}.db") as store:
+            await store.save_bulk([make_job() for _ in range(finished)])
+            done = await claim(store, limit=finished)
+            await store.finish_jobs([JobOutcome.completed(job, None) for job in done])
+            await store.save_bulk([make_job() for _ in range(10)])
+            count = 0
+
+            def step() -> int:
+                nonlocal count
+                count += 1
+                return 0  # (go on)
+
+            assert store._conn is not None
+            store._conn.set_progress_handler(step, 1)
+            assert len(await claim_ids(store, limit=5, max_global_concurrency=8)) == 5
+            assert await store.count_jobs("q", JobState.ACTIVE) == 5
+            assert len(await store.list_jobs("q", JobState.ACTIVE)) == 5
+            assert await store.get_stalled_jobs("q") == []
+            assert await store.recover_stalled_jobs("q", 1) == []
             store._conn.set_progress_handler(None, 1)
             return count
 

@@ -98,6 +98,26 @@ class _Synchronous(enum.StrEnum):
     FULL = "full"
 
 
+_IN_STATE = {
+    state: f"state = '{state.value}'"
+    + (
+        ""
+        if state in (JobState.WAITING, JobState.DELAYED)
+        else " AND state NOT IN ('waiting', 'delayed')"
+    )
+    for state in JobState
+}
+"""``state = '<state>'`` as SQL, spelt so that SQLite can use the partial index that holds the
+jobs of that state (the values are the enum's own, never a caller's text).
+
+SQLite's planner takes a partial index only when the query repeats the index's own ``WHERE``
+terms: it cannot tell that ``state = 'active'`` implies ``state NOT IN ('waiting',
+'delayed')`` (``conveyor_jobs_state``), and it never can from a bound parameter. Left to it,
+counting the active jobs, finding expired locks and listing finished jobs read the whole table,
+every finished job kept included: a worker with ``max_global_concurrency``, which counts the
+active jobs at each claim, fell from ~1,100 jobs/s to 88 beside 100,000 finished jobs."""
+
+
 def _ts(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
@@ -273,10 +293,10 @@ class _Tx(JobTx):
 
     async def keep_newest(self, queue: str, state: JobState, keep: int) -> None:
         self.conn.execute(
-            """DELETE FROM conveyor_jobs WHERE pk IN (
-                SELECT pk FROM conveyor_jobs WHERE queue = ? AND state = ?
+            f"""DELETE FROM conveyor_jobs WHERE pk IN (
+                SELECT pk FROM conveyor_jobs WHERE queue = ? AND {_IN_STATE[state]}
                 ORDER BY seq DESC LIMIT -1 OFFSET ?)""",
-            (queue, state.value, keep),
+            (queue, keep),
         )
 
     async def dedup_holder(self, queue: str, key: str) -> str | None:
@@ -299,8 +319,8 @@ class _Tx(JobTx):
 
     def count_now(self, queue: str, state: JobState) -> int:
         row = self.conn.execute(
-            "SELECT count(*) FROM conveyor_jobs WHERE queue = ? AND state = ?",
-            (queue, state.value),
+            f"SELECT count(*) FROM conveyor_jobs WHERE queue = ? AND {_IN_STATE[state]}",
+            (queue,),
         ).fetchone()
         return int(row[0])
 
@@ -994,7 +1014,8 @@ class SqliteStore(StoreBase):
 
     def _expired(self, tx: _Tx, queue: str) -> list[Row]:
         return tx.rows_of(
-            "queue = ? AND state = 'active' AND lock_until <= ? ORDER BY seq", (queue, tx.now)
+            f"queue = ? AND {_IN_STATE[JobState.ACTIVE]} AND lock_until <= ? ORDER BY seq",
+            (queue, tx.now),
         )
 
     async def _get_stalled_jobs(self, queue_name: str) -> list[JobData]:
@@ -1022,8 +1043,8 @@ class SqliteStore(StoreBase):
 
         def body(tx: _Tx) -> list[JobData]:
             rows = tx.rows_of(
-                f"queue = ? AND state = ? ORDER BY {order} LIMIT ? OFFSET ?",
-                (queue_name, state.value, count, start),
+                f"queue = ? AND {_IN_STATE[state]} ORDER BY {order} LIMIT ? OFFSET ?",
+                (queue_name, count, start),
             )
             return [row.job for row in rows]
 
@@ -1172,8 +1193,8 @@ class SqliteStore(StoreBase):
                     JobState.DELAYED: "created_at, delay_until, seq",
                 }.get(state, "created_at, seq")
             rows = tx.rows_of(
-                f"queue = ? AND state = ? AND {where} ORDER BY {order} LIMIT ?",
-                (queue_name, state.value, cutoff, -1 if limit is None else limit),
+                f"queue = ? AND {_IN_STATE[state]} AND {where} ORDER BY {order} LIMIT ?",
+                (queue_name, cutoff, -1 if limit is None else limit),
             )
             count = run_now(tx.delete_all(rows))
             tx.emit(queue_name, EventType.CLEANED, None, state=state.value, count=count)
@@ -1240,8 +1261,8 @@ class SqliteStore(StoreBase):
 
     async def _retry_jobs(self, queue_name: str, state: JobState) -> int:
         def body(tx: _Tx) -> int:
-            where = "queue = ? AND state = ? ORDER BY seq"
-            return run_now(tx.retry(tx.rows_of(where, (queue_name, state.value))))
+            where = f"queue = ? AND {_IN_STATE[state]} ORDER BY seq"
+            return run_now(tx.retry(tx.rows_of(where, (queue_name,))))
 
         return await self._write(body)
 
