@@ -421,3 +421,30 @@ async def test_work_on_active_jobs_does_not_grow_with_the_finished_jobs_kept(
 
     few, many = await steps(20), await steps(2000)
     assert many < 2 * few, (few, many)
+
+
+async def test_a_claim_of_groups_does_not_read_every_group(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """A claim of jobs of groups read every group lane with waiting jobs, and sorted them, at
+    every claim. It now reads them in turn order, a page at a time, as far as it needs: its
+    work (SQLite's virtual machine steps) does not grow with the groups waiting."""
+
+    async def steps(groups: int) -> int:
+        async with SqliteStore(tmp_path / f"groups_{groups}.db") as store:
+            await store.save_bulk([make_job(group=Group(f"g{n}")) for n in range(groups)])
+            count = 0
+
+            def step() -> int:
+                nonlocal count
+                count += 1
+                return 0  # (go on)
+
+            assert store._conn is not None
+            store._conn.set_progress_handler(step, 1)
+            assert len(await claim_ids(store, limit=5)) == 5
+            store._conn.set_progress_handler(None, 1)
+            return count
+
+    few, many = await steps(20), await steps(2000)
+    assert many < 2 * few, (few, many)

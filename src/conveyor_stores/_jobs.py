@@ -44,7 +44,16 @@ from conveyor.store import (
 from conveyor.store._base import add_attempt
 from conveyor.store._serializer import _encode_job as encode_job
 
-__all__ = ["JobTx", "Row", "first_in_claim_order", "record_fields", "record_json", "run_now"]
+__all__ = [
+    "JobTx",
+    "Lane",
+    "Row",
+    "first_in_claim_order",
+    "lane_page",
+    "record_fields",
+    "record_json",
+    "run_now",
+]
 
 T = TypeVar("T")
 
@@ -88,6 +97,51 @@ def record_fields(job: JobData) -> dict[str, Any]:
     dict to encode with others; it shares the job's JSON values (data...), so encode it and
     drop it, never keep or change it."""
     return encode_job(job)  # type: ignore[no-any-return]
+
+
+Lane = tuple[str, int, int]
+"""A group lane with waiting jobs, as a claim sees it: ``(lane, served, active)``."""
+
+_LANE_PAGE_MARGIN = 16
+
+
+def lane_page(limit: int) -> int:
+    """How many group lanes a claim of ``limit`` jobs reads at a time: enough for one job from
+    each, and some to spare for lanes that give none (at their limits, or only paused names
+    waiting). Reading every lane with waiting jobs at each claim made a claim's work grow with
+    the number of groups."""
+    return limit + _LANE_PAGE_MARGIN
+
+
+class _Turns:
+    """The first turns of a claim: the queue's group lanes with waiting jobs in turn order, read
+    a page at a time, with the lane of jobs without a group ('') in its place among them."""
+
+    def __init__(
+        self, tx: JobTx, queue: str, first: list[Lane], plain_served: int | None, page: int
+    ) -> None:
+        self._tx = tx
+        self._queue = queue
+        self._rows = deque(first)
+        self._page = page
+        self._more = len(first) >= page  # (a short page is the last)
+        self._after = (first[-1][1], first[-1][0]) if first else (0, "")
+        self._plain: Lane | None = None if plain_served is None else ("", plain_served, 0)
+
+    async def next(self) -> Lane | None:
+        """The next lane, or None once every one has had its first turn."""
+        rows = self._rows
+        if not rows and self._more:
+            page = await self._tx.lanes_after(self._queue, self._after, self._page)
+            self._more = len(page) >= self._page
+            if page:
+                self._after = (page[-1][1], page[-1][0])
+                rows.extend(page)
+        plain = self._plain
+        if plain is not None and (not rows or plain[1] <= rows[0][1]):  # ('' sorts first)
+            self._plain = None
+            return plain
+        return rows.popleft() if rows else None
 
 
 @attrs.define
@@ -164,6 +218,12 @@ class JobTx(abc.ABC):
         self, queue: str, lane: str, fetch: FetchOptions, paused: set[str], limit: int
     ) -> list[int]:
         """Up to ``limit`` claimable jobs (row ids) of a lane, in claim order."""
+
+    @abc.abstractmethod
+    async def lanes_after(self, queue: str, after: tuple[int, str], count: int) -> list[Lane]:
+        """Up to ``count`` group lanes of the queue with waiting jobs, as ``(lane, served,
+        active)``, in turn order (``served``, then ``lane``), after ``after`` (``(served,
+        lane)``): the next page of a claim's turns (see :func:`lane_page`)."""
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -428,20 +488,24 @@ class JobTx(abc.ABC):
     async def pick(
         self,
         queue: str,
-        lanes: list[tuple[str, int, int]],
+        first: list[Lane],
+        plain_served: int | None,
         paused: set[str],
         fetch: FetchOptions,
         limit: int,
     ) -> list[tuple[int, str]]:
         """Which jobs a claim takes, in order, as ``(row id, lane)``.
 
-        ``lanes``: ``(lane, served, active)`` of the lanes with waiting jobs ('' for jobs
-        without a group), least recently served first; ``paused``: the queue's paused names.
-        Round robin: the least recently served lane gives one job per turn; a lane at its group
-        concurrency or rate limit drops out of the call.
+        ``first``: the first ``lane_page(limit)`` of the queue's group lanes with waiting jobs,
+        in turn order (least recently served first), as ``(lane, served, active)``; the rest are
+        read a page at a time as the turns reach them. ``plain_served``: when the lane of jobs
+        without a group ('') was last served, None when none of them waits. ``paused``: the
+        queue's paused names. Round robin: the least recently served lane gives one job per
+        turn; a lane at its group concurrency or rate limit drops out of the call.
         """
         if ALL_JOB_NAMES in paused or (fetch.job_name is not None and fetch.job_name in paused):
             return []
+        turns = _Turns(self, queue, first, plain_served, lane_page(limit))
         if fetch.max_global_concurrency is not None:
             active_now = await self.count_state(queue, JobState.ACTIVE)
             limit = min(limit, fetch.max_global_concurrency - active_now)
@@ -449,17 +513,24 @@ class JobTx(abc.ABC):
             limit = min(limit, fetch.limiter.max - await self.window(queue, "", fetch.limiter))
         if limit <= 0:
             return []
-        turns: deque[list[Any]] = deque(
-            [lane, active]
-            for lane, _served, active in lanes
-            if not (lane and lane in fetch.exclude_groups)
-        )
+        again: deque[list[Any]] = deque()  # lanes served this call, for their next turn
         found: dict[str, deque[int]] = {}
         window_used: dict[str, int] = {}
         picks: list[tuple[int, str]] = []
-        while turns and len(picks) < limit:
-            entry = turns.popleft()
-            lane, active = entry
+        entry: list[Any]  # [lane, active]
+        while len(picks) < limit:
+            # Every lane's first turn comes before any lane's second, as in one list of them all.
+            lane_row = await turns.next()
+            if lane_row is not None:
+                lane, _served, active = lane_row
+                if lane and lane in fetch.exclude_groups:
+                    continue
+                entry = [lane, active]
+            elif again:
+                entry = again.popleft()
+                lane, active = entry[0], entry[1]
+            else:
+                break
             if lane and fetch.group_concurrency is not None and active >= fetch.group_concurrency:
                 continue
             if lane and fetch.group_limiter is not None:
@@ -478,7 +549,7 @@ class JobTx(abc.ABC):
             entry[1] += 1
             if lane in window_used:
                 window_used[lane] += 1
-            turns.append(entry)
+            again.append(entry)
         return picks
 
     async def plan_claims(

@@ -776,6 +776,25 @@ async def check_group_round_robin(fx: StoreFixture) -> None:
 
 
 @_check
+async def check_group_turns_past_many_full_groups(fx: StoreFixture) -> None:
+    """A claim takes the lanes in turn order however many there are: it passes over lanes at
+    their group concurrency (40 here, more than a claim reads at once), serves the lanes
+    behind them, and gives the lane of jobs without a group its place among them."""
+    full = [[await _add(fx, group=Group(f"g{n:02}")) for _ in range(2)] for n in range(40)]
+    later = [[await _add(fx, group=Group(f"x{n}")) for _ in range(2)] for n in range(3)]
+    first = await claim(fx.store, limit=43, group_concurrency=1)
+    expect_eq([j.id for j in first], [g[0].id for g in full] + [x[0].id for x in later],
+              "one job a group, in lane order")  # fmt: skip
+    plain = [await _add(fx) for _ in range(2)]
+    expect_eq(await claim_ids(fx.store, limit=1, group_concurrency=1), [plain[0].id],
+              "the lane without a group, never served, goes first")  # fmt: skip
+    await fx.store.finish_jobs([JobOutcome.completed(job) for job in first[40:]])
+    expect_eq(await claim_ids(fx.store, limit=4, group_concurrency=1),
+              [x[1].id for x in later] + [plain[1].id],
+              "past 40 full groups, then the lane without a group, served last")  # fmt: skip
+
+
+@_check
 async def check_group_concurrency(fx: StoreFixture) -> None:
     """group_concurrency caps the active jobs of each group, across claims."""
     a = [await _add(fx, group=Group("a")) for _ in range(3)]

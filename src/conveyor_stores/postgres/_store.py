@@ -93,7 +93,7 @@ from conveyor.store._validate import (
     take_handed_over,
 )
 
-from .._jobs import JobTx, Row, first_in_claim_order, record_fields, record_json
+from .._jobs import JobTx, Lane, Row, first_in_claim_order, lane_page, record_fields, record_json
 from ._schema import MIGRATIONS, SCHEMA_VERSION, SHARDS, qualified
 from ._wire import PgConnection, PgPool, Rows
 
@@ -175,6 +175,12 @@ ORDER BY c.priority, c.seq LIMIT ?"""
 """A lane's first ``limit`` claimable jobs in claim order while names are paused: the first
 jobs of each waiting name not paused, not a walk past every waiting job of the paused names.
 Parameters: queue, lane (twice, for the names), queue, lane, limit, queue, limit."""
+_FIRST_LANES = """SELECT lane, served, active FROM {lanes} WHERE queue = ? AND waiting > 0
+    ORDER BY served, lane LIMIT ?"""
+"""A claim's first page of group lanes with waiting jobs, in turn order (``lane_page``)."""
+_LANES_AFTER = """SELECT lane, served, active FROM {lanes} WHERE queue = ? AND waiting > 0
+    AND (served, lane) > (?, ?) ORDER BY served, lane LIMIT ?"""
+"""The next page, after the last lane of the one before (see ``JobTx.lanes_after``)."""
 _SHARD = f"(pg_backend_pid() % {SHARDS})::smallint"
 """The shard of the queue totals and metrics rows a transaction adds to: its connection's."""
 _CLAIM_CACHE = 10_000
@@ -529,6 +535,10 @@ class _Tx(JobTx):
             ]
         )
         return int(count)
+
+    async def lanes_after(self, queue: str, after: tuple[int, str], count: int) -> list[Lane]:
+        rows = await self.execute(_LANES_AFTER, (queue, *after, count))
+        return [(str(lane), int(served), int(active)) for lane, served, active in rows]
 
     async def candidates(
         self, queue: str, lane: str, fetch: FetchOptions, paused: set[str], limit: int
@@ -1569,30 +1579,29 @@ class PgStore(StoreBase):
         # Group lanes with waiting jobs (trigger-kept counts), the lane of jobs without a group
         # when it has one waiting, and the paused names: one round trip. (Planned on the claim
         # indexes from here on, as the side-by-side claim is: see _CLAIM_PLANNING.)
-        _planning, lanes, paused_rows = await tx.conn.pipeline(
+        _planning, lanes, plain, paused_rows = await tx.conn.pipeline(
             [
                 (self._sql(f"SELECT 1 FROM {_CLAIM_PLANNING}"), ()),
+                (self._sql(_FIRST_LANES), (queue, lane_page(limit))),
                 (
                     self._sql(
-                        """SELECT lane, served, active FROM {lanes}
-                        WHERE queue = ? AND waiting > 0
-                        UNION ALL
-                        SELECT '', plain_served, 0 FROM {queues} WHERE name = ? AND EXISTS (
+                        """SELECT plain_served FROM {queues} WHERE name = ? AND EXISTS (
                             SELECT 1 FROM {jobs}
-                            WHERE queue = ? AND lane = '' AND state = 'waiting')
-                        ORDER BY 2, 1"""
+                            WHERE queue = ? AND lane = '' AND state = 'waiting')"""
                     ),
-                    (queue, queue, queue),
+                    (queue, queue),
                 ),
                 (self._sql("SELECT name FROM {paused} WHERE queue = ?"), (queue,)),
             ]
         )
-        if all(lane == "" for lane, _served, _active in lanes):
-            self._grouped.discard(queue)  # the next claim may take the side-by-side path
         if not lanes:
-            return []
+            self._grouped.discard(queue)  # the next claim may take the side-by-side path
+            if not plain:
+                return []
         paused = {row[0] for row in paused_rows}
-        picks = await tx.pick(queue, lanes, paused, fetch, limit)
+        first = [(str(lane), int(served), int(active)) for lane, served, active in lanes]
+        plain_served = int(plain[0][0]) if plain else None
+        picks = await tx.pick(queue, first, plain_served, paused, fetch, limit)
         if not picks:
             return []
         seqs, tokens, served, rate_scopes = await tx.plan_claims(queue, worker_id, picks, fetch)

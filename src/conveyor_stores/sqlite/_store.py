@@ -74,7 +74,7 @@ from conveyor.store import (
 )
 from conveyor.store._base import Lifecycle, StoreBase
 
-from .._jobs import JobTx, Row, first_in_claim_order, record_json, run_now
+from .._jobs import JobTx, Lane, Row, first_in_claim_order, lane_page, record_json, run_now
 from ._background import Background
 from ._schema import check_database, migrate
 
@@ -355,6 +355,20 @@ class _Tx(JobTx):
             ]
             return first_in_claim_order(heads, limit)
         return [pk for _key, pk in self._ordered(where, args, fetch.lifo, limit)]
+
+    async def lanes_after(self, queue: str, after: tuple[int, str], count: int) -> list[Lane]:
+        return self.lanes_now(
+            "queue = ? AND waiting > 0 AND (served, lane) > (?, ?)", (queue, *after), count
+        )
+
+    def lanes_now(self, where: str, args: tuple[Any, ...], count: int) -> list[Lane]:
+        """Up to ``count`` lanes ``WHERE ...``, in turn order, on the turn index."""
+        rows = self.conn.execute(
+            f"""SELECT lane, served, active FROM conveyor_lanes WHERE {where}
+            ORDER BY served, lane LIMIT ?""",
+            (*args, count),
+        )
+        return [(str(lane), int(served), int(active)) for lane, served, active in rows]
 
     def _waiting_names(self, queue: str, lane: str) -> list[str]:
         """The names of a lane's waiting jobs, one index seek each."""
@@ -827,23 +841,23 @@ class SqliteStore(StoreBase):
         fetch: FetchOptions,
     ) -> list[JobData]:
         conn = tx.conn
-        # Group lanes with waiting jobs (trigger-kept counts), and the lane of jobs without a
-        # group when it has one waiting (an index probe: those jobs keep no counts).
-        lanes = conn.execute(
-            """SELECT lane, served, active FROM conveyor_lanes WHERE queue = ? AND waiting > 0
-            UNION ALL
-            SELECT '', plain_served, 0 FROM conveyor_queues WHERE name = ? AND EXISTS (
-                SELECT 1 FROM conveyor_jobs WHERE queue = ? AND lane = '' AND state = 'waiting')
-            ORDER BY 2, 1""",
-            (queue, queue, queue),
-        ).fetchall()
-        if not lanes:
+        # The first group lanes with waiting jobs in turn order (trigger-kept counts; the rest
+        # are read as the turns reach them), and when the lane of jobs without a group was
+        # served if it has one waiting (an index probe: those jobs keep no counts).
+        first = tx.lanes_now("queue = ? AND waiting > 0", (queue,), lane_page(limit))
+        plain = conn.execute(
+            """SELECT plain_served FROM conveyor_queues WHERE name = ? AND EXISTS (
+                SELECT 1 FROM conveyor_jobs WHERE queue = ? AND lane = '' AND state = 'waiting')""",
+            (queue, queue),
+        ).fetchone()
+        if not first and plain is None:
             return []
         paused = {
             row[0]
             for row in conn.execute("SELECT name FROM conveyor_paused WHERE queue = ?", (queue,))
         }
-        picks = run_now(tx.pick(queue, lanes, paused, fetch, limit))
+        plain_served = None if plain is None else int(plain[0])
+        picks = run_now(tx.pick(queue, first, plain_served, paused, fetch, limit))
         if not picks:
             return []
         seqs, tokens, served, scopes = run_now(tx.plan_claims(queue, worker_id, picks, fetch))
