@@ -21,34 +21,17 @@ a statement that runs in ~3: 4,500 jobs/s fell to ~180. Claims now run with ``ji
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import time
-from collections.abc import Iterator
 
 import anyio
 import psycopg
 from _common import drain, fill
-from psycopg import sql
+from _pg import fresh_database
 
 from conveyor import Queue
 from conveyor_stores.postgres import PgStore
-
-
-@contextlib.contextmanager
-def fresh_database(admin: str) -> Iterator[str]:
-    """A new empty database on ``admin``'s server while in the block; yields its conninfo."""
-    name = f"conveyor_bench_big_{os.getpid()}"
-    drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(drop)
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield psycopg.conninfo.make_conninfo(admin, dbname=name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(drop)
 
 
 def finish_all(dsn: str) -> None:
@@ -91,7 +74,7 @@ def main(args: argparse.Namespace) -> None:
         print("|---|---|---|")
         first = None
         for size in sizes:
-            with fresh_database(args.dsn) as dsn:
+            with fresh_database(args.dsn, "conveyor_bench_big") as dsn:
                 runs = anyio.run(rates, dsn, size, args.jobs, args.repeat, backend=backend)
             rate = statistics.median(runs)
             first = first or rate

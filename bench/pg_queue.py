@@ -79,15 +79,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import psycopg
 from _common import CHUNK, drain, fill, latencies, percentile, rate
+from _pg import fresh_database
 from anyio.streams.buffered import BufferedByteReceiveStream
-from psycopg import sql
 
 import conveyor
 from conveyor import Job, JobState, Queue, open_worker
@@ -130,21 +130,6 @@ def expect(what: str, got: object, want: object) -> None:
 
 
 # -- databases --------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def fresh_database(admin: str) -> Iterator[str]:
-    """A new empty database on ``admin``'s server while in the block; yields its conninfo."""
-    name = f"conveyor_bench_pgq_{os.getpid()}"
-    drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(drop)
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield psycopg.conninfo.make_conninfo(admin, dbname=name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(drop)
 
 
 def scalar(dsn: str, query: str) -> Any:
@@ -888,7 +873,7 @@ def main(args: argparse.Namespace) -> None:
     # then lands on every column alike rather than on one system.
     for _ in range(args.repeat):
         for column, row, _run in runs:
-            with fresh_database(args.dsn) as dsn:
+            with fresh_database(args.dsn, "conveyor_bench_pgq") as dsn:
                 rates.setdefault((column, row), []).append(isolated(args, column, row, dsn))
             if args.verbose:
                 print(f"  {column} {row}: {rates[(column, row)][-1]:,.0f}", file=sys.stderr)
@@ -897,7 +882,7 @@ def main(args: argparse.Namespace) -> None:
         results[column][row] = statistics.median(values)
     if args.samples:
         for column in columns:
-            with fresh_database(args.dsn) as dsn:
+            with fresh_database(args.dsn, "conveyor_bench_pgq") as dsn:
                 results[column]["pickup"] = isolated(args, column, "pickup", dsn)
     report(args, results)
     say(f"\n(run took {time.perf_counter() - began:,.0f} s)")

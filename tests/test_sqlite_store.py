@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -30,6 +31,25 @@ from conveyor_stores.sqlite._schema import SCHEMA_VERSION
 from .conftest import START, wake_up_run_wake_up
 
 pytestmark = pytest.mark.anyio
+
+
+async def vm_steps(store: SqliteStore, work: Callable[[], Awaitable[None]]) -> int:
+    """How many steps SQLite's virtual machine takes for ``work`` on the store's connection: a
+    measure of a query's work that no clock or other load on the machine changes."""
+    count = 0
+
+    def step() -> int:
+        nonlocal count
+        count += 1
+        return 0  # (go on)
+
+    assert store._conn is not None
+    store._conn.set_progress_handler(step, 1)
+    try:
+        await work()
+    finally:
+        store._conn.set_progress_handler(None, 1)
+    return count
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -370,18 +390,11 @@ async def test_a_claim_does_not_walk_past_the_jobs_of_paused_names(
             await store.save_bulk([make_job(name="paused") for _ in range(paused_jobs)])
             await store.save_bulk([make_job(name=name) for _ in range(10) for name in "bc"])
             await store.pause_job_name("q", "paused")
-            count = 0
 
-            def step() -> int:
-                nonlocal count
-                count += 1
-                return 0  # (go on)
+            async def claim_five() -> None:
+                assert len(await claim_ids(store, limit=5, lifo=lifo)) == 5
 
-            assert store._conn is not None
-            store._conn.set_progress_handler(step, 1)
-            assert len(await claim_ids(store, limit=5, lifo=lifo)) == 5
-            store._conn.set_progress_handler(None, 1)
-            return count
+            return await vm_steps(store, claim_five)
 
     few, many = await steps(20), await steps(2000)
     assert many < 2 * few, (few, many)
@@ -402,22 +415,15 @@ async def test_work_on_active_jobs_does_not_grow_with_the_finished_jobs_kept(
             done = await claim(store, limit=finished)
             await store.finish_jobs([JobOutcome.completed(job, None) for job in done])
             await store.save_bulk([make_job() for _ in range(10)])
-            count = 0
 
-            def step() -> int:
-                nonlocal count
-                count += 1
-                return 0  # (go on)
+            async def work_on_active_jobs() -> None:
+                assert len(await claim_ids(store, limit=5, max_global_concurrency=8)) == 5
+                assert await store.count_jobs("q", JobState.ACTIVE) == 5
+                assert len(await store.list_jobs("q", JobState.ACTIVE)) == 5
+                assert await store.get_stalled_jobs("q") == []
+                assert await store.recover_stalled_jobs("q", 1) == []
 
-            assert store._conn is not None
-            store._conn.set_progress_handler(step, 1)
-            assert len(await claim_ids(store, limit=5, max_global_concurrency=8)) == 5
-            assert await store.count_jobs("q", JobState.ACTIVE) == 5
-            assert len(await store.list_jobs("q", JobState.ACTIVE)) == 5
-            assert await store.get_stalled_jobs("q") == []
-            assert await store.recover_stalled_jobs("q", 1) == []
-            store._conn.set_progress_handler(None, 1)
-            return count
+            return await vm_steps(store, work_on_active_jobs)
 
     few, many = await steps(20), await steps(2000)
     assert many < 2 * few, (few, many)
@@ -433,18 +439,11 @@ async def test_a_claim_of_groups_does_not_read_every_group(
     async def steps(groups: int) -> int:
         async with SqliteStore(tmp_path / f"groups_{groups}.db") as store:
             await store.save_bulk([make_job(group=Group(f"g{n}")) for n in range(groups)])
-            count = 0
 
-            def step() -> int:
-                nonlocal count
-                count += 1
-                return 0  # (go on)
+            async def claim_five() -> None:
+                assert len(await claim_ids(store, limit=5)) == 5
 
-            assert store._conn is not None
-            store._conn.set_progress_handler(step, 1)
-            assert len(await claim_ids(store, limit=5)) == 5
-            store._conn.set_progress_handler(None, 1)
-            return count
+            return await vm_steps(store, claim_five)
 
     few, many = await steps(20), await steps(2000)
     assert many < 2 * few, (few, many)
