@@ -73,8 +73,11 @@ _DelayKey = tuple[float, int, str]  # (delay_until, seq, job id)
 
 @attrs.define
 class _Lane:
+    waiting: SortedList[_WaitKey] = attrs.field(factory=SortedList)
+    """Every waiting job of the lane, in claim order: a claim with no name paused or chosen
+    takes the first, whatever the number of names."""
     by_name: dict[str, SortedList[_WaitKey]] = attrs.field(factory=dict)
-    size: int = 0
+    """The same jobs by name, for claims of one name and claims past paused names."""
 
 
 @attrs.define
@@ -311,9 +314,9 @@ class MemoryStore(StoreBase):
             lane = q.lanes.get(lane_id)
             if lane is None:
                 lane = q.lanes[lane_id] = _Lane()
-            if lane.size == 0:
+            if not lane.waiting:
                 q.lanes_by_turn.add((q.lane_served.get(lane_id, 0), lane_id))
-            lane.size += 1
+            lane.waiting.add(key)
             names = lane.by_name.get(job.name)
             if names is None:
                 names = lane.by_name[job.name] = SortedList()
@@ -345,8 +348,8 @@ class MemoryStore(StoreBase):
             names.remove(key)
             if not names:
                 del lane.by_name[job.name]
-            lane.size -= 1
-            if lane.size == 0:
+            lane.waiting.remove(key)
+            if not lane.waiting:
                 q.lanes_by_turn.remove((q.lane_served.get(lane_id, 0), lane_id))
                 del q.lanes[lane_id]
             if group is not None:
@@ -680,8 +683,10 @@ class MemoryStore(StoreBase):
                     ):
                         continue
             lane = q.lanes[lane_id]
-            if fetch.job_name is not None:
-                names: Iterable[tuple[str, SortedList[_WaitKey]]] = (
+            if fetch.job_name is None and not paused:
+                names: Iterable[tuple[str, SortedList[_WaitKey]]] = [("", lane.waiting)]
+            elif fetch.job_name is not None:
+                names = (
                     []
                     if fetch.job_name in paused or fetch.job_name not in lane.by_name
                     else [(fetch.job_name, lane.by_name[fetch.job_name])]
