@@ -404,10 +404,10 @@ async def test_work_on_active_jobs_does_not_grow_with_the_finished_jobs_kept(
     tmp_path: Path, anyio_backend: str
 ) -> None:
     """Counting the active jobs (at each claim of a worker with ``max_global_concurrency``),
-    finding expired locks and listing the active jobs each read the whole table once, every
-    finished job kept included: SQLite takes a partial index only when the query repeats the
-    index's own terms. Their work (SQLite's virtual machine steps) no longer grows with the
-    finished jobs."""
+    finding expired locks, listing the active jobs and draining the queue each read the whole
+    table once, every finished job kept included: SQLite takes a partial index only when the
+    query repeats the index's own terms. Their work (SQLite's virtual machine steps) no longer
+    grows with the finished jobs."""
 
     async def steps(finished: int) -> int:
         async with SqliteStore(tmp_path / f"kept_{finished}.db") as store:
@@ -422,6 +422,7 @@ async def test_work_on_active_jobs_does_not_grow_with_the_finished_jobs_kept(
                 assert len(await store.list_jobs("q", JobState.ACTIVE)) == 5
                 assert await store.get_stalled_jobs("q") == []
                 assert await store.recover_stalled_jobs("q", 1) == []
+                assert await store.drain("q") == 5  # (the 5 left waiting)
 
             return await vm_steps(store, work_on_active_jobs)
 
