@@ -45,6 +45,7 @@ from conveyor.store._base import add_attempt
 from conveyor.store._serializer import _encode_job as encode_job
 
 __all__ = [
+    "BEFORE_EVERY_LANE",
     "JobTx",
     "Lane",
     "Row",
@@ -104,6 +105,10 @@ Lane = tuple[str, int, int]
 
 _LANE_PAGE_MARGIN = 16
 
+BEFORE_EVERY_LANE = (-1, "")
+"""A ``(served, lane)`` before any lane's (ticks start at 0): ``lanes_after`` from here reads
+a claim's first page."""
+
 
 def lane_page(limit: int) -> int:
     """How many group lanes a claim of ``limit`` jobs reads at a time: enough for one job from
@@ -125,7 +130,7 @@ class _Turns:
         self._rows = deque(first)
         self._page = page
         self._more = len(first) >= page  # (a short page is the last)
-        self._after = (first[-1][1], first[-1][0]) if first else (0, "")
+        self._after = (first[-1][1], first[-1][0]) if first else BEFORE_EVERY_LANE
         self._plain: Lane | None = None if plain_served is None else ("", plain_served, 0)
 
     async def next(self) -> Lane | None:

@@ -93,7 +93,16 @@ from conveyor.store._validate import (
     take_handed_over,
 )
 
-from .._jobs import JobTx, Lane, Row, first_in_claim_order, lane_page, record_fields, record_json
+from .._jobs import (
+    BEFORE_EVERY_LANE,
+    JobTx,
+    Lane,
+    Row,
+    first_in_claim_order,
+    lane_page,
+    record_fields,
+    record_json,
+)
 from ._schema import MIGRATIONS, SCHEMA_VERSION, SHARDS, qualified
 from ._wire import PgConnection, PgPool, Rows
 
@@ -175,12 +184,10 @@ ORDER BY c.priority, c.seq LIMIT ?"""
 """A lane's first ``limit`` claimable jobs in claim order while names are paused: the first
 jobs of each waiting name not paused, not a walk past every waiting job of the paused names.
 Parameters: queue, lane (twice, for the names), queue, lane, limit, queue, limit."""
-_FIRST_LANES = """SELECT lane, served, active FROM {lanes} WHERE queue = ? AND waiting > 0
-    ORDER BY served, lane LIMIT ?"""
-"""A claim's first page of group lanes with waiting jobs, in turn order (``lane_page``)."""
 _LANES_AFTER = """SELECT lane, served, active FROM {lanes} WHERE queue = ? AND waiting > 0
     AND (served, lane) > (?, ?) ORDER BY served, lane LIMIT ?"""
-"""The next page, after the last lane of the one before (see ``JobTx.lanes_after``)."""
+"""A page of a claim's group lanes with waiting jobs, in turn order, after ``(served, lane)``
+(see ``JobTx.lanes_after``; the first page is after ``BEFORE_EVERY_LANE``)."""
 _SHARD = f"(pg_backend_pid() % {SHARDS})::smallint"
 """The shard of the queue totals and metrics rows a transaction adds to: its connection's."""
 _CLAIM_CACHE = 10_000
@@ -1582,7 +1589,7 @@ class PgStore(StoreBase):
         _planning, lanes, plain, paused_rows = await tx.conn.pipeline(
             [
                 (self._sql(f"SELECT 1 FROM {_CLAIM_PLANNING}"), ()),
-                (self._sql(_FIRST_LANES), (queue, lane_page(limit))),
+                (self._sql(_LANES_AFTER), (queue, *BEFORE_EVERY_LANE, lane_page(limit))),
                 (
                     self._sql(
                         """SELECT plain_served FROM {queues} WHERE name = ? AND EXISTS (

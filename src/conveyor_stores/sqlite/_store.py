@@ -74,7 +74,16 @@ from conveyor.store import (
 )
 from conveyor.store._base import Lifecycle, StoreBase
 
-from .._jobs import JobTx, Lane, Row, first_in_claim_order, lane_page, record_json, run_now
+from .._jobs import (
+    BEFORE_EVERY_LANE,
+    JobTx,
+    Lane,
+    Row,
+    first_in_claim_order,
+    lane_page,
+    record_json,
+    run_now,
+)
 from ._background import Background
 from ._schema import check_database, migrate
 
@@ -357,16 +366,14 @@ class _Tx(JobTx):
         return [pk for _key, pk in self._ordered(where, args, fetch.lifo, limit)]
 
     async def lanes_after(self, queue: str, after: tuple[int, str], count: int) -> list[Lane]:
-        return self.lanes_now(
-            "queue = ? AND waiting > 0 AND (served, lane) > (?, ?)", (queue, *after), count
-        )
+        return self.lanes_now(queue, after, count)
 
-    def lanes_now(self, where: str, args: tuple[Any, ...], count: int) -> list[Lane]:
-        """Up to ``count`` lanes ``WHERE ...``, in turn order, on the turn index."""
+    def lanes_now(self, queue: str, after: tuple[int, str], count: int) -> list[Lane]:
         rows = self.conn.execute(
-            f"""SELECT lane, served, active FROM conveyor_lanes WHERE {where}
+            """SELECT lane, served, active FROM conveyor_lanes
+            WHERE queue = ? AND waiting > 0 AND (served, lane) > (?, ?)
             ORDER BY served, lane LIMIT ?""",
-            (*args, count),
+            (queue, *after, count),
         )
         return [(str(lane), int(served), int(active)) for lane, served, active in rows]
 
@@ -844,7 +851,7 @@ class SqliteStore(StoreBase):
         # The first group lanes with waiting jobs in turn order (trigger-kept counts; the rest
         # are read as the turns reach them), and when the lane of jobs without a group was
         # served if it has one waiting (an index probe: those jobs keep no counts).
-        first = tx.lanes_now("queue = ? AND waiting > 0", (queue,), lane_page(limit))
+        first = tx.lanes_now(queue, BEFORE_EVERY_LANE, lane_page(limit))
         plain = conn.execute(
             """SELECT plain_served FROM conveyor_queues WHERE name = ? AND EXISTS (
                 SELECT 1 FROM conveyor_jobs WHERE queue = ? AND lane = '' AND state = 'waiting')""",
